@@ -1,0 +1,103 @@
+"""Functional building blocks: conv+BN(+ReLU), squeeze-and-excitation, the bottleneck.
+
+Every builder takes a `LayerFactory` that carries the settings shared by the whole
+network (data format, initializer), so the blocks only state what differs.
+"""
+
+import tensorflow as tf
+
+from model.layers.grouped_conv import GroupedConv2D
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class LayerFactory:
+    """Makes the layers of one network with its data format and kernel initializer."""
+
+    def __init__(self, data_format="channels_last", weight_init="fan_out"):
+        self.data_format = data_format
+        self.weight_init = weight_init
+        self.channel_axis = -1 if data_format == "channels_last" else 1
+
+    def initializer(self):
+        return tf.keras.initializers.VarianceScaling(
+            scale=2.0, mode=self.weight_init, distribution="truncated_normal"
+        )
+
+    def conv(self, filters, kernel_size, strides=1, groups=1, name=None):
+        if groups > 1:
+            return GroupedConv2D(
+                filters,
+                kernel_size,
+                groups=groups,
+                strides=strides,
+                data_format=self.data_format,
+                kernel_initializer=self.initializer(),
+                name=name,
+            )
+        return tf.keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            data_format=self.data_format,
+            kernel_initializer=self.initializer(),
+            name=name,
+        )
+
+    def batch_norm(self, name):
+        return tf.keras.layers.BatchNormalization(
+            axis=self.channel_axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+        )
+
+    def dense(self, units, name, kernel_initializer=None):
+        return tf.keras.layers.Dense(
+            units,
+            kernel_initializer=kernel_initializer or self.initializer(),
+            bias_initializer="zeros",
+            name=name,
+        )
+
+
+def conv_bn(x, f, filters, kernel_size, name, strides=1, groups=1, relu=True):
+    """conv (bias-free) -> BN [-> ReLU], named `{name}_conv`, `{name}_bn`, `{name}_relu`."""
+    x = f.conv(filters, kernel_size, strides, groups, name=f"{name}_conv")(x)
+    x = f.batch_norm(name=f"{name}_bn")(x)
+    if relu:
+        x = tf.keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def squeeze_excitation(x, f, ratio, name):
+    """Scale channels by sigmoid(dense(relu(dense(mean(x))))), the SE-Net gate."""
+    channels = x.shape[f.channel_axis]
+    gate_shape = (1, 1, channels) if f.data_format == "channels_last" else (channels, 1, 1)
+    s = tf.keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name=f"{name}_pool")(x)
+    s = f.dense(channels // ratio, name=f"{name}_reduce")(s)
+    s = tf.keras.layers.ReLU(name=f"{name}_relu")(s)
+    s = f.dense(channels, name=f"{name}_expand")(s)
+    s = tf.keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(s)
+    s = tf.keras.layers.Reshape(gate_shape, name=f"{name}_gate")(s)
+    return tf.keras.layers.Multiply(name=f"{name}_scale")([x, s])
+
+
+def bottleneck(x, f, width, out_channels, strides, groups, se_ratio, project, name):
+    """ResNet v1.5 bottleneck: the stride sits on the 3x3 (grouped for ResNeXt) conv.
+
+    Layer names: `{name}_1x1_reduce`, `{name}_3x3`, `{name}_1x1_expand` on the main path,
+    `{name}_shortcut` for the projection, `{name}_se` for the SE gate.
+    """
+    shortcut = x
+    if project:
+        shortcut = conv_bn(
+            x, f, out_channels, 1, strides=strides, relu=False, name=f"{name}_shortcut"
+        )
+    x = conv_bn(x, f, width, 1, name=f"{name}_1x1_reduce")
+    x = conv_bn(x, f, width, 3, strides=strides, groups=groups, name=f"{name}_3x3")
+    x = conv_bn(x, f, out_channels, 1, relu=False, name=f"{name}_1x1_expand")
+    if se_ratio:
+        x = squeeze_excitation(x, f, se_ratio, name=f"{name}_se")
+    x = tf.keras.layers.Add(name=f"{name}_add")([x, shortcut])
+    return tf.keras.layers.ReLU(name=f"{name}_out")(x)

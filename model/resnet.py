@@ -1,0 +1,118 @@
+"""ResNet50 v1.5, ResNeXt101-32x4d and SE-ResNeXt101-32x4d from one table and one builder.
+
+The model takes raw 0..255 RGB pixels in NHWC (the layout of every input pipeline and of
+exported models), normalises them itself and, for `data_format="NCHW"`, transposes once
+after normalising. Logits are float32 whatever the mixed-precision policy.
+"""
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from model.blocks import LayerFactory, bottleneck, conv_bn
+from model.layers.pooling import MaxPool2D
+
+IMAGENET_MEAN = (123.68, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.120, 57.385)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    blocks: tuple  # bottleneck blocks per stage
+    widths: tuple  # bottleneck (3x3 conv) channels per stage
+    expansion: int  # block output channels = expansion * width
+    groups: int = 1  # groups of the 3x3 conv (cardinality)
+    se_ratio: int = 0  # squeeze-and-excitation reduction; 0 = no SE
+
+
+ARCHITECTURES = {
+    "resnet50": ArchSpec(blocks=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion=4),
+    "resnext101-32x4d": ArchSpec(
+        blocks=(3, 4, 23, 3), widths=(128, 256, 512, 1024), expansion=2, groups=32
+    ),
+    "se-resnext101-32x4d": ArchSpec(
+        blocks=(3, 4, 23, 3), widths=(128, 256, 512, 1024), expansion=2, groups=32, se_ratio=16
+    ),
+}
+
+DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
+
+
+def _normalize(x):
+    mean = tf.constant(IMAGENET_MEAN, dtype=x.dtype)
+    std = tf.constant(IMAGENET_STD, dtype=x.dtype)
+    return (x - mean) / std
+
+
+def _stem(x, f):
+    x = conv_bn(x, f, 64, 7, strides=2, name="stem")
+    return MaxPool2D(
+        3, 2, padding="same", data_format=f.data_format, name="stem_pool"
+    )(x)
+
+
+def _head(x, f, num_classes, use_final_conv):
+    if use_final_conv:
+        x = tf.keras.layers.GlobalAveragePooling2D(
+            data_format=f.data_format, keepdims=True, name="avg_pool"
+        )(x)
+        x = tf.keras.layers.Conv2D(
+            num_classes,
+            1,
+            use_bias=True,
+            data_format=f.data_format,
+            kernel_initializer=f.initializer(),
+            name="logits_conv",
+        )(x)
+        x = tf.keras.layers.Flatten(data_format=f.data_format, name="logits_flatten")(x)
+    else:
+        x = tf.keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name="avg_pool")(x)
+        x = f.dense(num_classes, name="logits_dense")(x)
+    return tf.keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def build_model(
+    arch="resnext101-32x4d",
+    num_classes=1000,
+    data_format="NHWC",
+    weight_init="fan_out",
+    use_final_conv=False,
+    normalize_input=True,
+    image_size=None,
+):
+    """Build `arch` as a Keras model mapping [N, H, W, 3] pixels to [N, num_classes] logits.
+
+    `normalize_input=False` is for pipelines that already normalise (DALI).
+    `image_size` fixes H and W in the input signature; None accepts any size.
+    The current `tf.keras.mixed_precision` global policy sets the compute dtype.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be NHWC or NCHW, got {data_format!r}")
+    spec = ARCHITECTURES[arch]
+    f = LayerFactory(DATA_FORMATS[data_format], weight_init)
+
+    inputs = tf.keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
+    x = inputs
+    if normalize_input:
+        x = tf.keras.layers.Lambda(_normalize, name="normalize")(x)
+    if data_format == "NCHW":
+        x = tf.keras.layers.Permute((3, 1, 2), name="to_nchw")(x)
+
+    x = _stem(x, f)
+    for stage, (blocks, width) in enumerate(zip(spec.blocks, spec.widths), start=1):
+        for block in range(blocks):
+            x = bottleneck(
+                x,
+                f,
+                width=width,
+                out_channels=width * spec.expansion,
+                strides=2 if stage > 1 and block == 0 else 1,
+                groups=spec.groups,
+                se_ratio=spec.se_ratio,
+                project=block == 0,
+                name=f"stage{stage}_block{block + 1}",
+            )
+    logits = _head(x, f, num_classes, use_final_conv)
+    return tf.keras.Model(inputs, logits, name=arch.replace("-", "_"))
