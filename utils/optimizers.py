@@ -1,0 +1,53 @@
+"""SGD with momentum as the original applies it, optionally wrapped for loss scaling.
+
+The original used TF1's `tf.train.MomentumOptimizer`:
+    accum = momentum * accum + grad;  var -= lr * accum
+Keras' SGD keeps a velocity that already includes the learning rate:
+    velocity = momentum * velocity - lr * grad;  var += velocity
+The two agree only while lr is constant; under warmup and cosine decay they differ, so
+`MomentumSGD` subclasses Keras' SGD (same slots, checkpoints, loss-scale wrapper) with
+the TF1 update.
+
+Multi-GPU: Horovod averages gradients outside the optimizer (hvd.DistributedGradientTape
+around the scaled loss, before `get_unscaled_gradients`), so nothing here changes.
+"""
+
+import tensorflow as tf
+
+from utils.errors import UserError
+
+
+@tf.keras.utils.register_keras_serializable(package="resnext")
+class MomentumSGD(tf.keras.optimizers.SGD):
+    """Keras SGD with TF1 MomentumOptimizer's update (lr applied to the accumulator)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.9, name="MomentumSGD", **kwargs):
+        if kwargs.pop("nesterov", False):
+            raise ValueError("MomentumSGD does not implement Nesterov momentum")
+        super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
+
+    def update_step(self, gradient, variable):
+        lr = tf.cast(self.learning_rate, variable.dtype)
+        momentum = tf.cast(self.momentum, variable.dtype)
+        accum = self.momentums[self._index_dict[self._var_key(variable)]]
+        # Sparse gradients are applied densely; the convnets here never produce them.
+        gradient = tf.convert_to_tensor(gradient)
+        accum.assign(momentum * accum + gradient)
+        variable.assign_sub(lr * accum)
+
+
+def build_optimizer(learning_rate, momentum, amp, static_loss_scale):
+    """MomentumSGD; with `amp`, wrapped in a LossScaleOptimizer.
+
+    static_loss_scale -1 selects dynamic loss scaling; any other value is a fixed scale.
+    """
+    optimizer = MomentumSGD(learning_rate=learning_rate, momentum=momentum)
+    if not amp:
+        return optimizer
+    if static_loss_scale == -1:
+        return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    if static_loss_scale <= 0:
+        raise UserError(f"--static_loss_scale must be positive or -1, got {static_loss_scale}")
+    return tf.keras.mixed_precision.LossScaleOptimizer(
+        optimizer, dynamic=False, initial_scale=float(static_loss_scale)
+    )
