@@ -5,7 +5,7 @@ import functools
 import tensorflow as tf
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpu_available():
     """True when TensorFlow sees a GPU; layers then use the native (cuDNN) kernels."""
     return bool(tf.config.list_logical_devices("GPU"))

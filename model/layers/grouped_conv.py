@@ -26,8 +26,9 @@ Padding is always 'SAME'; there is no bias.
   over each group's input channels; TensorFlow's own gradients.
 
 "split" and "depthwise" are the earlier CPU formulations, kept as fallback, references and
-for `benchmarks/bench_grouped_conv.py`: at ResNeXt101's shapes (batch 8) "cpu" took
-1.6-2.6x less time than "split" and 3.8-14x less than "depthwise" for forward + backward.
+for `benchmarks/bench_grouped_conv.py`: at ResNeXt101's shapes (batch 8, 2 noisy cores)
+"cpu" took 1.5-2.5x less time than "split" and 3.5-17x less than "depthwise" for forward +
+backward, about 1.8x and 6x less summed over the seven shapes.
 A custom gradient computing the input gradient as a grouped forward conv of the output
 gradient with the flipped kernel (zero-dilated for stride 2) was also measured: it is no
 faster than the native `Conv2DBackpropInput` at stride 1 and 2-4x slower at stride 2, so
