@@ -1,0 +1,523 @@
+"""Input pipelines over ImageNet-format TFRecords, plus synthetic data (RECIPE section 4).
+
+Data layout: `train-*` and `validation-*` TFRecord files in one directory, as written by
+TF's `build_imagenet_data.py` or `utils/build_tfrecords.py`. Labels in the records are
+1-based (`image/class/label`); the datasets here yield 0-based int32 labels.
+
+Pipelines:
+- `train_dataset`: files sharded over processes, interleaved, shuffled, repeated forever,
+  augmented (`image_processing.preprocess_for_train`) in a parallel map, batched with
+  `drop_remainder`, prefetched. With a seed, the batch sequence is reproducible: shuffles
+  are seeded and each image's crop/flip uses a stateless seed derived from its position in
+  the stream, so it changes from epoch to epoch but not from run to run.
+- `eval_dataset`: every validation image of one shard exactly once, in a fixed order; the
+  last batch may be smaller. Sharding is by record, so the shards partition the whole
+  validation set for any number of processes and files.
+- `synthetic_dataset`: one random batch, made once, repeated.
+
+Undecodable images: an image that fails to decode (or a record that fails to parse) is
+skipped instead of stopping the run. Each skip is counted and logged as a warning;
+`skipped_images(split)` returns the count so far in this process. A record whose payload
+fails its checksum while reading is counted the same way (TF's reader then drops the rest
+of that file for the epoch, and TF logs the reader's message). Before a pipeline is
+built, a few records are decoded eagerly, so a directory of wrong or broken data still
+fails at once with a `UserError` rather than being skipped record by record.
+
+Record counts: `count_records` walks the TFRecord framing (checking each header's CRC and
+that the file ends on a record boundary) without reading the payloads, and caches the
+counts in `.record_counts.json` next to the data, or in `cache_dir` if the data directory
+is read-only. A cached entry is reused while the file's size and mtime are unchanged.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import struct
+import tempfile
+import threading
+
+import tensorflow as tf
+
+from utils import image_processing
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ("train", "validation")
+TRAIN_SHUFFLE_BUFFER = 10_000  # records; about 1.1 GB of ImageNet JPEGs per process
+INTERLEAVE_CYCLE = 10
+PROBE_RECORDS = 8
+RECORD_COUNT_CACHE = ".record_counts.json"
+
+_TRAIN_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+}
+_EVAL_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+_ALL_FEATURES = {
+    **_TRAIN_FEATURES,
+    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Files, shards, counts
+
+
+def list_files(data_dir, split):
+    """Sorted paths of the `<split>-*` files in `data_dir` (split: train or validation)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    expected = f"TFRecord files named {split}-00000-of-NNNNN (utils/build_tfrecords.py writes them)"
+    if not data_dir or not os.path.isdir(data_dir):
+        raise UserError(
+            f"data directory {data_dir!r} does not exist; --data_dir must hold {expected}"
+        )
+    names = sorted(name for name in os.listdir(data_dir) if not name.startswith("."))
+    if not names:
+        raise UserError(f"data directory {data_dir!r} is empty; --data_dir must hold {expected}")
+    files = [
+        os.path.join(data_dir, name)
+        for name in names
+        if name.startswith(f"{split}-") and os.path.isfile(os.path.join(data_dir, name))
+    ]
+    if not files:
+        found = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(
+            f"data directory {data_dir!r} has no {split}-* files (found: {found}); "
+            f"expected {expected}"
+        )
+    return files
+
+
+def shard_files(files, num_shards, shard_index):
+    """The files process `shard_index` of `num_shards` trains on: every num_shards-th file."""
+    _check_shard(num_shards, shard_index)
+    return list(files[shard_index::num_shards])
+
+
+def shard_size(total, num_shards, shard_index):
+    """How many of `total` records fall in a record-level shard (index % num_shards)."""
+    _check_shard(num_shards, shard_index)
+    return max(0, (total - shard_index + num_shards - 1) // num_shards)
+
+
+def count_records(files, cache_dir=None):
+    """Total number of records in `files`, counted once and cached (see module docstring)."""
+    total = 0
+    by_dir = {}
+    for path in files:
+        by_dir.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
+    for directory, paths in by_dir.items():
+        total += sum(_counts_in_dir(directory, paths, cache_dir).values())
+    return total
+
+
+def _counts_in_dir(directory, paths, cache_dir):
+    cache_paths = [os.path.join(directory, RECORD_COUNT_CACHE)]
+    if cache_dir:
+        digest = hashlib.sha1(directory.encode()).hexdigest()[:16]
+        cache_paths.append(os.path.join(cache_dir, f"record_counts-{digest}.json"))
+    cached = {}
+    for cache_path in reversed(cache_paths):  # the copy next to the data wins
+        cached.update(_read_json(cache_path))
+
+    counts, fresh = {}, {}
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            stat = os.stat(path)
+        except OSError as e:
+            raise UserError(f"{path}: cannot read record file ({e.strerror})") from None
+        entry = cached.get(name)
+        if (
+            entry
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+        ):
+            counts[name] = entry["records"]
+            continue
+        counts[name] = _count_file(path, stat.st_size)
+        fresh[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "records": counts[name]}
+
+    if fresh:
+        for cache_path in cache_paths:
+            if _update_json(cache_path, fresh):
+                break
+        else:
+            logger.info("record counts for %s not cached: no writable location", directory)
+    return counts
+
+
+def _count_file(path, size):
+    """Count records by walking the length headers; payload CRCs are left to the reader."""
+    fix = "re-create it (utils/build_tfrecords.py) or remove it from the data directory"
+    count, offset = 0, 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while offset < size:
+                header = os.pread(f.fileno(), 12, offset)
+                if len(header) < 12:
+                    raise UserError(
+                        f"{path}: truncated record file (cut inside record {count}); {fix}"
+                    )
+                length, length_crc = struct.unpack("<QI", header)
+                if _masked_crc32c(header[:8]) != length_crc:
+                    raise UserError(
+                        f"{path}: not a TFRecord file or corrupt (bad record header at "
+                        f"byte {offset}); {fix}"
+                    )
+                offset += 12 + length + 4
+                if offset > size:
+                    raise UserError(
+                        f"{path}: truncated record file (record {count} runs past the end "
+                        f"of the file); {fix}"
+                    )
+                count += 1
+    except OSError as e:
+        raise UserError(f"{path}: cannot read record file ({e.strerror})") from None
+    return count
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _update_json(path, entries):
+    """Merge `entries` into the JSON object at `path` atomically. False if not writable."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        data = _read_json(path)
+        data.update(entries)
+        fd, tmp = tempfile.mkstemp(prefix=".record_counts-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; others may share the data
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
+def _make_crc32c_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _make_crc32c_table()
+
+
+def _masked_crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _check_shard(num_shards, shard_index):
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index}, {num_shards}")
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+
+
+def parse_record(serialized):
+    """All fields the pipelines and tests use, from one serialized Example.
+
+    Returns a dict: encoded, label (0-based int32), text, synset, filename, height, width,
+    boxes (float32 [num_boxes, 4] as ymin, xmin, ymax, xmax).
+    """
+    return _parse(serialized, _ALL_FEATURES)
+
+
+def _parse(serialized, features):
+    parsed = tf.io.parse_single_example(serialized, features)
+    record = {
+        "encoded": parsed["image/encoded"],
+        "label": tf.cast(parsed["image/class/label"] - 1, tf.int32),
+    }
+    if "image/object/bbox/xmin" in parsed:
+        corners = [
+            parsed[f"image/object/bbox/{k}"].values for k in ("ymin", "xmin", "ymax", "xmax")
+        ]
+        record["boxes"] = tf.stack(corners, axis=1)
+    for key in ("text", "synset"):
+        if f"image/class/{key}" in parsed:
+            record[key] = parsed[f"image/class/{key}"]
+    for key in ("filename", "height", "width"):
+        if f"image/{key}" in parsed:
+            record[key] = parsed[f"image/{key}"]
+    return record
+
+
+def _probe(files, num_classes=None):
+    """Decode the first few records eagerly, so wrong data fails now with a clear message
+    instead of every image being skipped in the pipeline."""
+    fix = "check that the files were written by utils/build_tfrecords.py"
+    records = []  # (file, serialized)
+    for path in files:
+        try:
+            records += [(path, r) for r in tf.data.TFRecordDataset(path).take(PROBE_RECORDS)]
+        except tf.errors.OpError as e:
+            raise UserError(
+                f"{path}: cannot read TFRecords ({tf_error_message(e)}); {fix}"
+            ) from None
+        if len(records) >= PROBE_RECORDS:
+            break
+    errors = []
+    for path, serialized in records[:PROBE_RECORDS]:
+        try:
+            record = parse_record(serialized)
+            image_processing.preprocess_for_eval(record["encoded"], 32)
+        except tf.errors.OpError as e:
+            errors.append((path, tf_error_message(e)))
+            continue
+        label = int(record["label"]) + 1
+        if label < 1 or (num_classes is not None and label > num_classes):
+            limit = f"1..{num_classes}" if num_classes else "1.."
+            raise UserError(
+                f"{path}: record label {label} is outside {limit}; labels must be 1-based "
+                "(as build_imagenet_data.py writes them) and --num_classes at least the "
+                "largest label"
+            )
+    if errors and len(errors) == len(records[:PROBE_RECORDS]):
+        path, message = errors[0]
+        raise UserError(
+            f"{path}: none of the first {len(errors)} records holds a decodable JPEG image "
+            f"({message}); {fix}"
+        )
+
+
+def tf_error_message(error):
+    """The useful part of a TF error: without the function-node prefix and op suffix."""
+    message = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+    message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", message)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message)
+
+
+# ---------------------------------------------------------------------------------------
+# Skipped images
+
+_skipped = {split: 0 for split in SPLITS}
+_skipped_lock = threading.Lock()
+
+
+def skipped_images(split=None):
+    """Images skipped as undecodable so far in this process, for `split` or all splits."""
+    with _skipped_lock:
+        return sum(_skipped.values()) if split is None else _skipped[split]
+
+
+def _note_skipped(split, count):
+    count = int(count)
+    with _skipped_lock:
+        _skipped[split] += count
+        total = _skipped[split]
+    logger.warning("skipped %d undecodable %s image(s); %d so far", count, split, total)
+    return count
+
+
+def _decode_counting_skips(
+    records, preprocess, split, end_index=None, num_classes=None, first_index=0
+):
+    """Map `preprocess` over (index, serialized) pairs, skipping elements that fail.
+
+    The map keeps order, so a skipped element shows up as a gap in the indices that pass;
+    the gaps are counted into `skipped_images`. For a finite stream, `end_index` (its
+    length) closes the last gap with a sentinel element that is dropped afterwards.
+    """
+    ds = records.map(
+        lambda index, serialized: (index, *preprocess(index, serialized)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.ignore_errors(log_warning=True)
+    if end_index is not None:
+        image_spec, label_spec = ds.element_spec[1:]
+        sentinel = (
+            tf.constant(end_index, tf.int64),
+            tf.zeros(image_spec.shape, image_spec.dtype),
+            tf.zeros(label_spec.shape, label_spec.dtype),
+        )
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
+    note = functools.partial(_note_skipped, split)
+
+    def count_gaps(previous_index, element):
+        index, image, label = element
+        gap = index - previous_index - 1
+        noted = tf.cond(gap > 0, lambda: tf.py_function(note, [gap], tf.int64), lambda: gap)
+        checks = [noted]
+        if num_classes is not None:
+            checks.append(
+                tf.debugging.assert_less(label, num_classes, message="label >= num_classes")
+            )
+            checks.append(tf.debugging.assert_non_negative(label, message="label < 1 in a record"))
+        with tf.control_dependencies(checks):
+            return tf.identity(index), element
+
+    ds = ds.scan(tf.constant(first_index - 1, tf.int64), count_gaps)
+    if end_index is not None:
+        ds = ds.filter(lambda index, image, label: index < end_index)
+    return ds.map(lambda index, image, label: (image, label))
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets
+
+
+def train_dataset(
+    data_dir,
+    batch_size,
+    image_size,
+    num_shards=1,
+    shard_index=0,
+    seed=None,
+    num_classes=1000,
+    dtype=tf.float32,
+    start_batch=0,
+):
+    """Infinite dataset of augmented training batches: (images [B, S, S, 3] `dtype`
+    0..255 RGB, labels int32 [B] 0-based). See the module docstring.
+
+    `start_batch`: begin at that batch of the stream (a resumed run). With a seed the
+    batches are exactly those an uninterrupted run sees from there; only the records of
+    the current epoch before that point are read again, and none is decoded.
+    """
+    files = list_files(data_dir, "train")
+    _check_shard(num_shards, shard_index)
+    deterministic = seed is not None
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+
+    by_file = len(files) >= num_shards
+    my_files = shard_files(files, num_shards, shard_index) if by_file else files
+    _probe(my_files, num_classes)
+    if by_file:
+        epoch_size = count_records(my_files)
+    else:
+        epoch_size = shard_size(count_records(files), num_shards, shard_index)
+    if epoch_size < 1:
+        raise UserError(f"training shard {shard_index} of {num_shards} in {data_dir} is empty")
+
+    def epoch_records(epoch):
+        # Every epoch is its own seeded stream, so a resumed run can start at any epoch.
+        # The epoch seed is a tensor; fixing this function graph's own seed makes it alone
+        # decide the shuffles (TF compares a graph seed of 0 with the op seed as a bool).
+        tf.random.set_seed(1)
+        epoch_seed = tf.cast(epoch, tf.int64) * 1_000_003 + seed
+        if by_file:
+            records = tf.data.Dataset.from_tensor_slices(my_files).shuffle(
+                len(my_files), seed=epoch_seed
+            )
+            records = records.interleave(
+                tf.data.TFRecordDataset,
+                cycle_length=min(len(my_files), INTERLEAVE_CYCLE),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=deterministic,
+            )
+        else:  # fewer files than processes: every process reads all files, keeps its records
+            records = tf.data.TFRecordDataset(files).shard(num_shards, shard_index)
+        return records.shuffle(TRAIN_SHUFFLE_BUFFER, seed=epoch_seed)
+
+    first_record = start_batch * batch_size
+    first_epoch, offset = divmod(first_record, epoch_size)
+    records = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
+    records = records.skip(offset).enumerate(start=first_record)
+
+    base_seed = tf.constant([seed, shard_index], tf.int64)
+
+    def augment(index, serialized):
+        record = _parse(serialized, _TRAIN_FEATURES)
+        element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+        image = image_processing.preprocess_for_train(
+            record["encoded"], record["boxes"], image_size, element_seed
+        )
+        return image, record["label"]
+
+    ds = _decode_counting_skips(
+        records, augment, "train", num_classes=num_classes, first_index=first_record
+    )
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return _finish(ds, dtype)
+
+
+def eval_dataset(data_dir, batch_size, image_size, num_shards=1, shard_index=0, dtype=tf.float32):
+    """Finite dataset of this shard's validation images, each exactly once, centrally
+    cropped: (images [<=B, S, S, 3] `dtype` 0..255 RGB, labels int32 [<=B] 0-based).
+
+    All validation files are read in one fixed interleaved order, the same in every
+    process; the i-th record of that stream belongs to shard i % num_shards, so the shard
+    holds `shard_size(count_records(files), num_shards, shard_index)` images.
+    """
+    files = list_files(data_dir, "validation")
+    size = shard_size(count_records(files), num_shards, shard_index)
+    _probe(files)
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), INTERLEAVE_CYCLE),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,  # every process must see the same record order
+    )
+    records = records.shard(num_shards, shard_index).enumerate()
+
+    def preprocess(index, serialized):
+        record = _parse(serialized, _EVAL_FEATURES)
+        return image_processing.preprocess_for_eval(record["encoded"], image_size), record["label"]
+
+    ds = _decode_counting_skips(records, preprocess, "validation", end_index=size)
+    return _finish(ds.batch(batch_size, drop_remainder=False), dtype)
+
+
+def synthetic_dataset(batch_size, image_size, num_classes=1000, dtype=tf.float32, seed=None):
+    """One batch of truncated-normal(127, 60) images (within 7..247, as the original's
+    tf.truncated_normal) and uniform labels, generated once and repeated forever."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    image_seed, label_seed = [seed, 0], [seed, 1]
+    images = tf.random.stateless_truncated_normal(
+        [batch_size, image_size, image_size, 3], seed=image_seed, mean=127.0, stddev=60.0
+    )
+    labels = tf.random.stateless_uniform(
+        [batch_size], seed=label_seed, minval=0, maxval=num_classes, dtype=tf.int32
+    )
+    return tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
+
+
+def _finish(ds, dtype):
+    if dtype != tf.float32:
+        ds = ds.map(lambda images, labels: (tf.cast(images, dtype), labels))
+    return ds.prefetch(AUTOTUNE)
