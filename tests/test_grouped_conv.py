@@ -318,7 +318,7 @@ def test_get_config_round_trip():
 
 
 def test_resolved_implementation(monkeypatch):
-    monkeypatch.setattr(gc, "_gpu_available", lambda: False)
+    monkeypatch.setattr(gc.device, "gpu_available", lambda: False)
     assert GroupedConv2D(64, 3, groups=32)._resolved_implementation() == "cpu"
     assert GroupedConv2D(64, 3, groups=32, implementation="split")._resolved_implementation() == (
         "split"
@@ -326,7 +326,7 @@ def test_resolved_implementation(monkeypatch):
     assert GroupedConv2D(64, 3, groups=1, implementation="split")._resolved_implementation() == (
         "native"
     )
-    monkeypatch.setattr(gc, "_gpu_available", lambda: True)
+    monkeypatch.setattr(gc.device, "gpu_available", lambda: True)
     assert GroupedConv2D(64, 3, groups=32)._resolved_implementation() == "native"
     assert GroupedConv2D(64, 3, groups=32, implementation="cpu")._resolved_implementation() == "cpu"
 

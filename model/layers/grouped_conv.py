@@ -45,11 +45,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
+from model.layers import device
+
 IMPLEMENTATIONS = ("auto", "native", "cpu", "split", "depthwise")
-
-
-def _gpu_available():
-    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _in_xla_context():
@@ -66,7 +64,7 @@ def resolve_implementation(implementation, groups):
     if groups == 1:
         return "native"
     if implementation == "auto":
-        return "native" if _gpu_available() else "cpu"
+        return "native" if device.gpu_available() else "cpu"
     return implementation
 
 

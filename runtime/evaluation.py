@@ -1,0 +1,90 @@
+"""Evaluation (top-1/top-5 over every validation image) and the inference benchmark."""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from utils.progress import Progress
+
+
+def make_predict_fn(model, xla):
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def predict(images):
+        return model(images, training=False)
+
+    return predict
+
+
+def latency_stats(batch_times, batch_size):
+    """Throughput (img/s) and per-batch latency average and percentiles (ms)."""
+    times = np.asarray(batch_times, dtype=np.float64)
+    ms = 1000.0 * times
+    return {
+        "throughput": batch_size * len(times) / times.sum(),
+        "latency_avg": float(ms.mean()),
+        "latency_p90": float(np.percentile(ms, 90)),
+        "latency_p95": float(np.percentile(ms, 95)),
+        "latency_p99": float(np.percentile(ms, 99)),
+    }
+
+
+def _top_k_correct(logits, labels):
+    top5 = tf.math.top_k(logits, k=min(5, logits.shape[-1])).indices
+    hits = tf.equal(top5, tf.cast(labels[:, None], top5.dtype))
+    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.int64))
+    top5 = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.int64))
+    return top1, top5
+
+
+def evaluate(model, dataset, dist, xla, total_images=None):
+    """Top-1/top-5 over this rank's shard, summed over ranks; also throughput and latency.
+
+    Every rank runs the same number of collective sums, whatever its shard size.
+    """
+    predict = make_predict_fn(model, xla)
+    counts = np.zeros(3, np.int64)  # top-1 hits, top-5 hits, images
+    batch_times = []
+    progress = Progress(total_images or 0, 1, label="eval", enabled=bool(total_images))
+    for images, labels in dataset:
+        t0 = time.perf_counter()
+        top1, top5 = _top_k_correct(predict(images), labels)
+        counts += [int(top1), int(top5), int(labels.shape[0])]
+        batch_times.append(time.perf_counter() - t0)
+        progress.update(int(counts[2]) * dist.size)
+    progress.close()
+    local_images = int(counts[2])
+    top1, top5, images = (int(c) for c in np.asarray(dist.sum(tf.constant(counts))))
+    result = {
+        "top1_accuracy": top1 / images if images else float("nan"),
+        "top5_accuracy": top5 / images if images else float("nan"),
+        "eval_images": images,
+    }
+    if batch_times:
+        stats = latency_stats(batch_times, batch_size=1)
+        result["eval_throughput"] = local_images * dist.size / sum(batch_times)
+        result.update({f"eval_{k}": v for k, v in stats.items() if k != "throughput"})
+    return result
+
+
+def inference_benchmark(model, dataset, steps, warmup_steps, batch_size, xla):
+    """Time `steps` batches one by one (synchronised), leaving out the first `warmup_steps`."""
+    predict = make_predict_fn(model, xla)
+    iterator = iter(dataset)
+    times = []
+    progress = Progress(steps, batch_size, label="inference")
+    for step in range(steps):
+        images, _ = next(iterator)
+        t0 = time.perf_counter()
+        predict(images).numpy()
+        times.append(time.perf_counter() - t0)
+        progress.update(step + 1)
+    progress.close()
+    stats = latency_stats(times[warmup_steps:], batch_size)
+    return {
+        "infer_throughput": stats["throughput"],
+        "infer_latency_avg": stats["latency_avg"],
+        "infer_latency_p90": stats["latency_p90"],
+        "infer_latency_p95": stats["latency_p95"],
+        "infer_latency_p99": stats["latency_p99"],
+    }

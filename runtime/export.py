@@ -1,0 +1,50 @@
+"""SavedModel export: raw float32 pixels in, `classes` and `probabilities` out.
+
+The export is written beside `export_dir` under a temporary name and renamed into place,
+so an interrupted export never leaves a half-written model where a server would load it.
+"""
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+
+class _Serving(tf.Module):
+    def __init__(self, model, image_size):
+        super().__init__()
+        self.model = model
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[
+                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input_tensor")
+            ],
+        )
+
+    def _serve(self, input_tensor):
+        logits = tf.cast(self.model(input_tensor, training=False), tf.float32)
+        return {
+            "classes": tf.argmax(logits, axis=1),
+            "probabilities": tf.nn.softmax(logits, axis=1),
+        }
+
+
+def export_saved_model(model, export_dir, image_size=224):
+    export_dir = os.path.abspath(export_dir)
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
+    try:
+        module = _Serving(model, image_size)
+        tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
+        if os.path.exists(export_dir):
+            retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.old-")
+            os.rename(export_dir, os.path.join(retired, "model"))
+            os.rename(staging, export_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return export_dir

@@ -1,0 +1,230 @@
+"""The six modes of `main.py`: train, train_and_evaluate, evaluate, predict and the two
+benchmarks. `run(args)` sets up the process, then calls the mode's function."""
+
+import functools
+import sys
+
+from model import build_model
+from runtime import checkpoints, environment, evaluation, inputs
+from runtime.export import export_saved_model
+from runtime.predict import list_images, predict, print_predictions, write_predictions
+from runtime.training import Trainer
+from utils import data_utils, hvd_utils
+from utils.dllogger_compat import Logger
+from utils.errors import UserError
+from utils.learning_rate import WarmupDecaySchedule
+from utils.optimizers import build_optimizer
+
+METRIC_UNITS = {
+    "imgs_per_sec": "img/s",
+    "train_throughput": "img/s",
+    "train_throughput_per_rank": "img/s",
+    "eval_throughput": "img/s",
+    "infer_throughput": "img/s",
+    "learning_rate": None,
+    "top1_accuracy": None,
+    "top5_accuracy": None,
+    **{
+        f"{kind}_latency_{stat}": "ms"
+        for kind in ("eval", "infer")
+        for stat in ("avg", "p90", "p95", "p99")
+    },
+}
+
+NOT_YET = {
+    "dali": "--dali (the DALI input pipeline) is not implemented yet in this port; "
+    "drop --dali to read the TFRecords with tf.data",
+    "quantize": "--quantize (quantization-aware training) is not implemented yet in this port",
+}
+
+
+def _build(args, num_classes=None):
+    return build_model(
+        args.arch,
+        num_classes=num_classes or args.num_classes,
+        data_format=args.data_format,
+        weight_init=args.weight_init,
+        use_final_conv=args.use_final_conv,
+    )
+
+
+def _say(dist, message):
+    if dist.is_chief:
+        print(message, flush=True)
+
+
+def _make_optimizer(args, dist, plan, model):
+    schedule = WarmupDecaySchedule(
+        lr_init=args.lr_init,
+        global_batch_size=args.batch_size * dist.size,
+        steps_per_epoch=plan.steps_per_epoch,
+        total_steps=plan.total_steps,
+        lr_warmup_epochs=args.lr_warmup_epochs,
+        cosine=args.cosine_lr,
+    )
+    optimizer = build_optimizer(schedule, args.momentum, args.amp, args.static_loss_scale)
+    # Create the momentum slots now, so checkpoints restore into them and Horovod can
+    # broadcast them before the first step.
+    getattr(optimizer, "inner_optimizer", optimizer).build(model.trainable_variables)
+    return schedule, optimizer
+
+
+def _train(args, dist, logger, seed, benchmark=False):
+    plan = inputs.plan_steps(args, dist)
+    model = _build(args)
+    schedule, optimizer = _make_optimizer(args, dist, plan, model)
+    config = checkpoints.model_config(args)
+    keeper = None
+    if not benchmark:
+        keeper = checkpoints.CheckpointKeeper(
+            args.model_dir, model, optimizer, config, enabled=dist.is_chief
+        )
+        restored = keeper.restore_latest()
+        if restored:
+            _say(dist, f"resuming from {restored} at step {int(optimizer.iterations.numpy())}")
+        elif args.finetune_checkpoint:
+            checkpoints.load_finetune_weights(
+                model,
+                args.finetune_checkpoint,
+                config,
+                functools.partial(_build, args),
+                log=functools.partial(_say, dist),
+            )
+    dist.broadcast_variables(model.variables)
+    dist.broadcast_variables(optimizer.variables)
+
+    start = int(optimizer.iterations.numpy())
+    remaining = plan.total_steps - start
+    steps = remaining if args.run_iter == -1 else min(args.run_iter, remaining)
+    if benchmark and steps <= args.warmup_steps:
+        raise UserError(
+            f"the benchmark runs {steps} steps, not more than --warmup_steps "
+            f"({args.warmup_steps}): raise --num_iter or lower --warmup_steps"
+        )
+    trainer = Trainer(model, optimizer, schedule, dist, logger, args, plan, keeper)
+    if steps <= 0:
+        _say(
+            dist,
+            f"nothing to train: {args.model_dir} is already at step {start} of {plan.total_steps}",
+        )
+        return model, {"steps": 0, "stopped": False}
+    dataset = inputs.training_dataset(args, dist, seed, start_step=start)
+    result = trainer.run(dataset, steps, benchmark_warmup=args.warmup_steps if benchmark else None)
+    throughput = {k: v for k, v in result.items() if k.startswith("train_")}
+    if throughput:
+        logger.log((), throughput)
+    return model, result
+
+
+def _evaluate(args, dist, logger, model):
+    total = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
+    metrics = evaluation.evaluate(
+        model, inputs.evaluation_dataset(args, dist), dist, args.xla, total
+    )
+    logger.log((), metrics)
+    return metrics
+
+
+def _export(args, dist, model):
+    if args.export_dir and dist.is_chief:
+        path = export_saved_model(model, args.export_dir, inputs.image_size(args))
+        print(f"exported SavedModel to {path}", flush=True)
+
+
+def mode_train(args, dist, logger, seed):
+    model, result = _train(args, dist, logger, seed)
+    if not result["stopped"]:
+        _export(args, dist, model)
+
+
+def mode_train_and_evaluate(args, dist, logger, seed):
+    model, result = _train(args, dist, logger, seed)
+    if result["stopped"]:
+        return
+    _evaluate(args, dist, logger, model)
+    _export(args, dist, model)
+
+
+def mode_evaluate(args, dist, logger, seed):
+    del seed
+    model = _build(args)
+    path = checkpoints.restore_model_only(model, args.model_dir, checkpoints.model_config(args))
+    _say(dist, f"evaluating {path}")
+    _evaluate(args, dist, logger, model)
+    _export(args, dist, model)
+
+
+def mode_training_benchmark(args, dist, logger, seed):
+    _train(args, dist, logger, seed, benchmark=True)
+
+
+def _single_process(dist, mode):
+    if dist.size > 1:
+        _say(dist, f"--mode {mode} runs on one process; ranks 1..{dist.size - 1} stay idle")
+    return dist.is_chief
+
+
+def mode_inference_benchmark(args, dist, logger, seed):
+    del seed
+    if not _single_process(dist, args.mode):
+        return
+    model = _build(args)
+    if checkpoints.resolve_checkpoint(args.model_dir):
+        checkpoints.restore_model_only(model, args.model_dir, checkpoints.model_config(args))
+    steps = args.num_iter
+    if args.data_dir and args.iter_unit == "epoch":
+        records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
+        steps = -(-records // args.batch_size) * args.num_iter
+    if steps <= args.warmup_steps:
+        raise UserError(
+            f"the benchmark runs {steps} batches, not more than --warmup_steps "
+            f"({args.warmup_steps}): raise --num_iter or lower --warmup_steps"
+        )
+    metrics = evaluation.inference_benchmark(
+        model, inputs.inference_dataset(args), steps, args.warmup_steps, args.batch_size, args.xla
+    )
+    logger.log((), metrics)
+
+
+def mode_predict(args, dist, logger, seed):
+    del seed
+    if not _single_process(dist, args.mode):
+        return
+    paths = list_images(args.to_predict)
+    model = _build(args)
+    checkpoints.restore_model_only(model, args.model_dir, checkpoints.model_config(args))
+    results = predict(model, paths, args.image_size, args.batch_size, args.num_classes)
+    print_predictions(results)
+    path = write_predictions(results, args.results_dir)
+    print(f"wrote {len(results)} predictions to {path}", flush=True)
+    logger.log((), {"predicted_images": len(results)})
+
+
+MODES = {
+    "train": mode_train,
+    "train_and_evaluate": mode_train_and_evaluate,
+    "evaluate": mode_evaluate,
+    "predict": mode_predict,
+    "training_benchmark": mode_training_benchmark,
+    "inference_benchmark": mode_inference_benchmark,
+}
+
+
+def run(args):
+    for flag, message in NOT_YET.items():
+        if getattr(args, flag):
+            raise UserError(message)
+    dist = hvd_utils.init()
+    environment.configure_devices(dist, args.gpu_id)
+    environment.configure_precision(args.amp)
+    seed = environment.configure_seed(args.seed, dist.rank)
+    logger = Logger(args.results_dir, args.log_filename, enabled=dist.is_chief)
+    try:
+        logger.log_parameters({**vars(args), "num_processes": dist.size})
+        for metric, unit in METRIC_UNITS.items():
+            logger.metadata(metric, {"unit": unit} if unit else {})
+        MODES[args.mode](args, dist, logger, seed)
+    finally:
+        logger.close()
+        sys.stdout.flush()
+    return 0
