@@ -46,9 +46,7 @@ def _normalize(x):
 
 def _stem(x, f):
     x = conv_bn(x, f, 64, 7, strides=2, name="stem")
-    return MaxPool2D(
-        3, 2, padding="same", data_format=f.data_format, name="stem_pool"
-    )(x)
+    return MaxPool2D(3, 2, padding="same", data_format=f.data_format, name="stem_pool")(x)
 
 
 def _head(x, f, num_classes, use_final_conv):

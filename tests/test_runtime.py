@@ -59,15 +59,15 @@ def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_
     export = tmp_path / "export"
     run_main(
         "--arch", "resnet50", "--mode", "train_and_evaluate", "--data_dir", sample_data,
-        "--batch_size", "16", "--num_iter", "4", "--iter_unit", "epoch", "--lr_init", "0.4",
+        "--batch_size", "16", "--num_iter", "4", "--iter_unit", "epoch", "--lr_init", "0.1",
         "--lr_warmup_epochs", "1", "--cosine_lr", "--label_smoothing", "0.1",
         "--weight_init", "fan_in", "--display_every", "5", "--seed", "1",
         "--results_dir", str(results), "--export_dir", str(export), *SMALL,
     )  # fmt: skip
     records = read_log(results)
     ce = logged(records, "cross_entropy")
-    assert len(ce) >= 4
-    assert np.mean(ce[-2:]) < np.mean(ce[:2]) - 0.3, ce
+    assert len(ce) >= 20
+    assert np.mean(ce[-5:]) < np.mean(ce[:5]) - 0.5, ce
     top1 = logged(records, "top1_accuracy")[-1]
     assert top1 > 0.3, f"top-1 {top1} is not clearly above chance (0.1)"
     for key in ("top5_accuracy", "eval_throughput", "eval_latency_p99", "learning_rate"):
@@ -237,7 +237,10 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, sample_data):
         ),
     ]
     for argv, word in cases:
-        proc = run_main("--batch_size", "4", *argv, *SMALL, check=False, timeout=300)
+        proc = run_main(
+            "--batch_size", "4", "--results_dir", str(tmp_path / "results"), *argv, *SMALL,
+            check=False, timeout=300,
+        )  # fmt: skip
         assert proc.returncode == 1, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.startswith("main.py: error:")]
         assert len(lines) == 1 and word in lines[0], proc.stderr
