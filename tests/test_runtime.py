@@ -245,3 +245,34 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, sample_data):
         lines = [line for line in proc.stderr.splitlines() if line.startswith("main.py: error:")]
         assert len(lines) == 1 and word in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_checkpoints_of_another_arch_are_refused_and_finetune_swaps_the_head(sample_data, tmp_path):
+    source = tmp_path / "source"
+    run_main(
+        "--arch", "resnet50", "--mode", "train", "--data_dir", sample_data, "--batch_size", "4",
+        "--num_iter", "2", "--iter_unit", "batch", "--results_dir", str(source), *SMALL,
+    )  # fmt: skip
+    proc = run_main(
+        "--arch", "resnext101-32x4d", "--mode", "evaluate", "--data_dir", sample_data,
+        "--batch_size", "4", "--model_dir", str(source), "--results_dir", str(tmp_path / "e"),
+        *SMALL, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "main.py: error:" in proc.stderr and "resnet50" in proc.stderr
+
+    tuned = tmp_path / "tuned"
+    proc = run_main(
+        "--arch", "resnet50", "--mode", "train", "--data_dir", sample_data, "--batch_size", "4",
+        "--num_iter", "1", "--iter_unit", "batch", "--results_dir", str(tuned),
+        "--finetune_checkpoint", str(source), "--image_size", "32", "--num_classes", "12",
+    )  # fmt: skip
+    assert "logits_dense keeps its fresh initialisation" in proc.stdout
+    before = _final_weights(source)
+    after = _final_weights(tuned)
+    # Warmup makes the first step's learning rate 0: the copied body is unchanged.
+    stem = "model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    assert before[stem].shape == (7, 7, 3, 64)
+    np.testing.assert_array_equal(after[stem], before[stem])
+    head_shapes = {a.shape for n, a in after.items() if a.ndim == 2}
+    assert (2048, 12) in head_shapes
