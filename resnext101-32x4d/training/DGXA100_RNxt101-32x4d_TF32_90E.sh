@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# ResNeXt101-32x4d on DGX A100 (8x A100): 8 processes (one per GPU), 90 epochs,
+# batch 128 per GPU, TF32 (float32 model; A100s use TF32 tensor cores).
+#
+#   bash resnext101-32x4d/training/DGXA100_RNxt101-32x4d_TF32_90E.sh \
+#       WORKSPACE DATA_DIR [main.py flags, e.g. --xla --dali]
+#
+# Reads DATA_DIR/tfrecords (and DATA_DIR/dali_idx with --dali), writes WORKSPACE/results.
+# The command itself, and PYTHON, BIND_TO, MPIEXEC and DRY_RUN=1: see common.sh.
+set -euo pipefail
+# shellcheck source=resnext101-32x4d/training/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+rnxt_train 8 90 128 -- "$@"
