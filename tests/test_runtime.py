@@ -124,6 +124,7 @@ def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_
     assert all(len(p["top5"]) == 5 for p in predictions)
     assert all(abs(sum(t["probability"] for t in p["top5"]) - 1) < 0.5 for p in predictions)
     assert "img2.jpg: class" in proc.stdout
+    assert logged(read_log(predict_results), "predicted_images") == [3]
 
 
 def _final_weights(model_dir):
