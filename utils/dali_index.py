@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from utils.crc32c import masked_crc32c
+
 SPLITS = ("train", "validation")
 _HEADER = 12  # uint64 length + uint32 masked CRC32C of the length
 _FOOTER = 4  # uint32 masked CRC32C of the payload
@@ -63,7 +65,7 @@ def index_text(path):
                     f"{len(lines)} at byte {offset})"
                 )
             length, length_crc = struct.unpack("<QI", header)
-            if _masked_crc32c(header[:8]) != length_crc:
+            if masked_crc32c(header[:8]) != length_crc:
                 raise RecordFileError(
                     f"{path}: not a TFRecord file or corrupt (bad record header at byte {offset})"
                 )
@@ -142,27 +144,6 @@ def _index_end(index_path, index_size):
         raise ValueError("no final newline")
     offset, size = tail[:-1].rsplit(b"\n", 1)[-1].split(b" ")
     return int(offset) + int(size)
-
-
-def _make_crc32c_table():
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
-
-
-_CRC32C_TABLE = _make_crc32c_table()
-
-
-def _masked_crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _index_one(record_path, index_path):

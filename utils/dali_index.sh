@@ -53,7 +53,8 @@ fi
 
 if [[ $use_tfrecord2idx -eq 0 && -f $here/dali_index.py ]] && command -v "$python" >/dev/null; then
     echo "Creating DALI index files for $src_dir in $dst_dir ($jobs processes)..."
-    exec "$python" "$here/dali_index.py" -j "$jobs" "$src_dir" "$dst_dir"
+    PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}" \
+        exec "$python" -m utils.dali_index -j "$jobs" "$src_dir" "$dst_dir"
 fi
 
 # DALI's tfrecord2idx, one process per file, at most $jobs at a time.

@@ -43,6 +43,7 @@ import threading
 import tensorflow as tf
 
 from utils import image_processing
+from utils.crc32c import masked_crc32c
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def _count_file(path, size):
                         f"{path}: truncated record file (cut inside record {count}); {fix}"
                     )
                 length, length_crc = struct.unpack("<QI", header)
-                if _masked_crc32c(header[:8]) != length_crc:
+                if masked_crc32c(header[:8]) != length_crc:
                     raise UserError(
                         f"{path}: not a TFRecord file or corrupt (bad record header at "
                         f"byte {offset}); {fix}"
@@ -223,27 +224,6 @@ def _update_json(path, entries):
     except OSError:
         return False
     return True
-
-
-def _make_crc32c_table():
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
-
-
-_CRC32C_TABLE = _make_crc32c_table()
-
-
-def _masked_crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _check_shard(num_shards, shard_index):
