@@ -44,6 +44,14 @@ def _read_config(directory):
         return json.load(handle)
 
 
+def _restore(checkpoint, prefix, problem):
+    """Restore `prefix` into `checkpoint`; a mismatch is one line: `problem`, then TF's."""
+    try:
+        checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as error:
+        raise UserError(f"{problem}: {str(error).splitlines()[0][:200]}") from None
+
+
 def _checkpoint_dir(path):
     return path if os.path.isdir(path) else os.path.dirname(path)
 
@@ -91,14 +99,12 @@ class CheckpointKeeper:
         if path is None:
             return None
         check_compatible(self.model_dir, self.config)
-        try:
-            self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
-        except (ValueError, AssertionError, tf.errors.OpError) as error:
-            raise UserError(
-                f"cannot restore {path}: it does not match this model "
-                f"(--arch {self.config['arch']}, --num_classes {self.config['num_classes']}): "
-                f"{str(error).splitlines()[0][:200]}"
-            ) from None
+        _restore(
+            self.checkpoint,
+            path,
+            f"cannot restore {path}: it does not match this model (--arch "
+            f"{self.config['arch']}, --num_classes {self.config['num_classes']})",
+        )
         return path
 
     def save(self, step):
@@ -115,15 +121,11 @@ def restore_model_only(model, path, config):
     if prefix is None:
         raise UserError(f"no checkpoint in {path}: train first or point --model_dir elsewhere")
     check_compatible(_checkpoint_dir(prefix), config)
-    try:
-        tf.train.Checkpoint(model=model).restore(
-            prefix
-        ).expect_partial().assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        raise UserError(
-            f"cannot restore {prefix} into --arch {config['arch']}: "
-            f"{str(error).splitlines()[0][:200]}"
-        ) from None
+    _restore(
+        tf.train.Checkpoint(model=model),
+        prefix,
+        f"cannot restore {prefix} into --arch {config['arch']}",
+    )
     return prefix
 
 
@@ -139,15 +141,11 @@ def load_finetune_weights(model, path, config, build_fn, log=print):
         )
     source_classes = saved.get("num_classes", config["num_classes"])
     source = build_fn(source_classes)
-    try:
-        tf.train.Checkpoint(model=source).restore(
-            prefix
-        ).expect_partial().assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        raise UserError(
-            f"--finetune_checkpoint {path} does not match --arch {config['arch']}: "
-            f"{str(error).splitlines()[0][:200]}"
-        ) from None
+    _restore(
+        tf.train.Checkpoint(model=source),
+        prefix,
+        f"--finetune_checkpoint {path} does not match --arch {config['arch']}",
+    )
     skipped = []
     for layer in model.layers:
         if not layer.weights:
