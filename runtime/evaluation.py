@@ -40,29 +40,40 @@ def _top_k_correct(logits, labels):
 def evaluate(model, dataset, dist, xla, total_images=None):
     """Top-1/top-5 over this rank's shard, summed over ranks; also throughput and latency.
 
-    Every rank runs the same number of collective sums, whatever its shard size.
+    The shards partition the validation set, so the sums count every image exactly once.
+    Every rank runs the same collectives at the end, whatever its shard size; a rank whose
+    input fails ends every rank there (`dist.check`). Throughput is the job's: all images
+    over the slowest rank's time. Latency figures are rank 0's.
     """
     predict = make_predict_fn(model, xla)
     counts = np.zeros(3, np.int64)  # top-1 hits, top-5 hits, images
     batch_times = []
-    progress = Progress(total_images or 0, 1, label="eval", enabled=bool(total_images))
-    for images, labels in dataset:
-        t0 = time.perf_counter()
-        top1, top5 = _top_k_correct(predict(images), labels)
-        counts += [int(top1), int(top5), int(labels.shape[0])]
-        batch_times.append(time.perf_counter() - t0)
-        progress.update(int(counts[2]) * dist.size)
+    progress = Progress(
+        total_images or 0, 1, label="eval", enabled=bool(total_images) and dist.is_chief
+    )
+    error = None
+    try:
+        for images, labels in dataset:
+            t0 = time.perf_counter()
+            top1, top5 = _top_k_correct(predict(images), labels)
+            counts += [int(top1), int(top5), int(labels.shape[0])]
+            batch_times.append(time.perf_counter() - t0)
+            progress.update(int(counts[2]) * dist.size)
+    except Exception as caught:  # this rank's input failed: all ranks end in check()
+        error = caught
     progress.close()
-    local_images = int(counts[2])
-    top1, top5, images = (int(c) for c in np.asarray(dist.sum(tf.constant(counts))))
+    dist.check(error)
+    top1, top5, images = (int(c) for c in np.asarray(dist.sum(counts)))
+    seconds = dist.gather([sum(batch_times)], name="eval_seconds")[:, 0]
     result = {
         "top1_accuracy": top1 / images if images else float("nan"),
         "top5_accuracy": top5 / images if images else float("nan"),
         "eval_images": images,
     }
+    if seconds.max() > 0:
+        result["eval_throughput"] = images / float(seconds.max())
     if batch_times:
         stats = latency_stats(batch_times, batch_size=1)
-        result["eval_throughput"] = local_images * dist.size / sum(batch_times)
         result.update({f"eval_{k}": v for k, v in stats.items() if k != "throughput"})
     return result
 

@@ -3,14 +3,22 @@
 One compiled step (`tf.function`, `jit_compile` with --xla) takes a batch of images and
 float32 targets. The loop around it logs, saves checkpoints every `CHECKPOINT_EVERY`
 steps and at the end, and stops cleanly on SIGTERM/SIGUSR1 with a checkpoint.
+
+With several processes (Horovod) the gradients are averaged in the step, and before every
+step the ranks exchange two numbers: a stop signal and a data error. So a SIGTERM to any
+rank stops all of them after the same step (rank 0 saves the one checkpoint), and a rank
+whose input fails ends the job with its error instead of leaving the others waiting.
+Logged losses are averages over ranks; throughput is the job's (all ranks) plus each rank's.
 """
 
+import functools
 import signal
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from utils import hvd_utils
 from utils.errors import UserError
 from utils.losses import cross_entropy, decayed_variables, l2_loss
 from utils.progress import Progress
@@ -18,14 +26,15 @@ from utils.progress import Progress
 CHECKPOINT_EVERY = 1000
 
 
-def _check_finite(total_loss, step, args):
-    """Stop a diverged run before it overwrites good checkpoints with NaN weights."""
+def _divergence(total_loss, step, args):
+    """The error that stops a diverged run before it overwrites good checkpoints with NaN
+    weights, or None while the loss is finite."""
     if np.isfinite(total_loss):
-        return
+        return None
     hint = "lower --lr_init"
     if args.amp and args.static_loss_scale != -1:
         hint = "drop --static_loss_scale for dynamic loss scaling, or use a smaller scale"
-    raise UserError(
+    return UserError(
         f"training diverged at step {step}: total_loss is {total_loss}; {hint} "
         f"(checkpoints in {args.model_dir} are from before this point)"
     )
@@ -55,22 +64,49 @@ class StopRequest:
 
 
 def make_train_step(model, optimizer, dist, weight_decay, amp, xla):
+    """The compiled training step: (images, targets) -> (cross_entropy, l2, total loss)."""
     variables = model.trainable_variables
     decayed = decayed_variables(model)
 
-    @tf.function(jit_compile=xla, reduce_retracing=True)
-    def train_step(images, targets):
+    def losses_and_gradients(images, targets, tape_wrapper):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             ce = cross_entropy(logits, targets)
             l2 = l2_loss(decayed, weight_decay)
             total = ce + l2
             loss_to_differentiate = optimizer.get_scaled_loss(total) if amp else total
-        # Horovod averages the (still scaled) gradients; unscaling after is exact.
-        grads = dist.gradient_tape(tape).gradient(loss_to_differentiate, variables)
+        grads = tape_wrapper(tape).gradient(loss_to_differentiate, variables)
+        return ce, l2, total, grads
+
+    def apply(grads):
+        # Horovod has averaged the still-scaled gradients over ranks; unscaling comes after,
+        # so an overflow on any rank reaches every rank, and all of them skip the step and
+        # lower the (shared) loss scale together (LossScaleOptimizer.apply_gradients).
         if amp:
             grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, variables))
+
+    if xla and dist.size > 1:
+        # Horovod's collectives have no XLA kernels: compile the forward and backward pass,
+        # and average and apply the gradients outside it.
+        compiled = tf.function(
+            functools.partial(losses_and_gradients, tape_wrapper=lambda tape: tape),
+            jit_compile=True,
+            reduce_retracing=True,
+        )
+
+        @tf.function(reduce_retracing=True)
+        def train_step_xla(images, targets):
+            ce, l2, total, grads = compiled(images, targets)
+            apply(dist.average_gradients(grads))
+            return ce, l2, total
+
+        return train_step_xla
+
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def train_step(images, targets):
+        ce, l2, total, grads = losses_and_gradients(images, targets, dist.gradient_tape)
+        apply(grads)
         return ce, l2, total
 
     return train_step
@@ -107,30 +143,41 @@ class Trainer:
         """Train for `steps` steps; returns a dict of throughput figures.
 
         `benchmark_warmup`: in benchmark mode, time every step and leave out this many.
+        Otherwise throughput is measured from the end of the first step (compilation) on.
         """
-        args = self.args
+        args, dist = self.args, self.dist
         start = self.step
         iterator = iter(dataset)
-        progress = Progress(
-            start + steps, self.global_batch, label="train", enabled=self.dist.is_chief
-        )
+        progress = Progress(start + steps, self.global_batch, label="train", enabled=dist.is_chief)
         step_times = []
         window_start, window_steps = time.perf_counter(), 0
-        stopped_by = None
+        first_step_end = None
+        stopped_by = []
         with StopRequest() as stop:
             for i in range(steps):
-                images, targets = next(iterator)
-                t0 = time.perf_counter()
-                ce, l2, total = self.step_fn(images, targets)
+                batch, error = None, None
+                try:
+                    batch = next(iterator)
+                except Exception as caught:  # this rank's input failed: all ranks end below
+                    error = caught
+                stopped_by = self._sync(stop, error)
+                if stopped_by:
+                    break
                 step = start + i + 1
+                t0 = time.perf_counter()
+                factor = hvd_utils.FIRST_STEP_FACTOR if i == 0 else 1  # compiles
+                with dist.watch(f"training step {step}", factor):
+                    ce, l2, total = self.step_fn(*batch)
+                    if benchmark_warmup is not None:
+                        total.numpy()
+                        step_times.append(time.perf_counter() - t0)
                 window_steps += 1
-                if benchmark_warmup is not None:
-                    total.numpy()
-                    step_times.append(time.perf_counter() - t0)
                 save_now = self.keeper is not None and step % CHECKPOINT_EVERY == 0
                 if step % args.display_every == 0 or i == steps - 1 or save_now:
-                    values = [float(v) for v in (ce, l2, total)]
-                    _check_finite(values[2], step, args)
+                    values = [float(v) for v in dist.mean([ce, l2, total])]
+                    diverged = _divergence(values[2], step, args)
+                    if diverged is not None:
+                        dist.fail(diverged)
                     now = time.perf_counter()
                     img_s = self.global_batch * window_steps / (now - window_start)
                     window_start, window_steps = now, 0
@@ -138,26 +185,52 @@ class Trainer:
                 progress.update(step)
                 if save_now:
                     self.keeper.save(step)
-                if self.dist.any(stop.signal is not None):
-                    stopped_by = stop.signal
-                    break
+                if first_step_end is None:
+                    first_step_end = time.perf_counter()
+            else:
+                stopped_by = self._sync(stop, None)  # a signal during the last step
+        train_end = time.perf_counter()
         progress.close()
         ran = self.step - start
         if self.keeper is not None and ran and self.step % CHECKPOINT_EVERY:
             self.keeper.save(self.step)
-        if stopped_by is not None:
-            name = signal.Signals(stopped_by).name if stopped_by else "another rank's signal"
-            print(f"training stopped by {name} at step {self.step}; checkpoint saved", flush=True)
-        result = {"steps": ran, "stopped": stopped_by is not None}
+        if stopped_by and dist.is_chief:
+            names = sorted({signal.Signals(sig).name for _, sig in stopped_by})
+            where = ""
+            if dist.size > 1:
+                where = " on rank " + ", ".join(str(rank) for rank, _ in stopped_by)
+            saved = "; checkpoint saved" if self.keeper is not None else ""
+            print(
+                f"training stopped by {'/'.join(names)}{where} at step {self.step}{saved}",
+                flush=True,
+            )
+        result = {"steps": ran, "stopped": bool(stopped_by)}
         if benchmark_warmup is not None:
             measured = step_times[benchmark_warmup:]
             if measured:
-                result["train_throughput"] = self.global_batch * len(measured) / sum(measured)
-                result["train_throughput_per_rank"] = (
-                    args.batch_size * len(measured) / sum(measured)
-                )
+                result.update(self._throughput(len(measured), sum(measured)))
                 result["train_step_time_median_ms"] = 1000 * float(np.median(measured))
+        elif ran > 1:
+            result.update(self._throughput(ran - 1, train_end - first_step_end))
         return result
+
+    def _sync(self, stop, error):
+        """Before each step (and after the last): every rank learns whether any rank has a
+        stop signal or an input error. Returns [(rank, signal)] of the ranks that want to
+        stop; an input error on any rank ends every rank (`dist.check`)."""
+        status = self.dist.gather([stop.signal or 0, int(error is not None)], name="status")
+        if status[:, 1].any():
+            self.dist.check(error)
+        return [(rank, int(sig)) for rank, (sig, _) in enumerate(status) if sig]
+
+    def _throughput(self, steps, seconds):
+        """The job's img/s (all ranks, paced by the slowest) and each rank's img/s."""
+        per_rank_seconds = self.dist.gather([seconds], name="train_seconds")[:, 0]
+        images = self.args.batch_size * steps
+        return {
+            "train_throughput": images * self.dist.size / float(per_rank_seconds.max()),
+            "train_throughput_per_rank": [images / float(s) for s in per_rank_seconds],
+        }
 
     def _log_step(self, step, img_s, ce, l2, total):
         lr = float(self.schedule(step - 1))

@@ -1,0 +1,117 @@
+"""Weak scaling of training throughput: one process vs N processes (Horovod) on this machine.
+
+    .venv/bin/python -m benchmarks.bench_scaling [--launcher mpiexec|horovodrun] [--np 2]
+        [--arch resnext101-32x4d] [--image_size 32] [--batch_size 8] [--repeats 3]
+
+Runs `main.py --mode training_benchmark` on synthetic data, as one plain process and as
+--np processes under the launcher, each process with the same --batch_size (weak scaling:
+the global batch grows with the processes), --repeats times each. Reads the JSON log of
+every run and prints the median job img/s (all ranks), the median img/s of each rank, and
+the scaling efficiency (job img/s with N processes / (N x one process's img/s)).
+
+On a machine without GPUs the processes share its CPU cores, so the efficiency says how
+much Horovod's averaging and synchronisation cost, not how a multi-GPU job scales.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+LAUNCHERS = {
+    # --bind-to none: Open MPI's default binds each of 2 processes to one core (slower here).
+    "mpiexec": ["mpiexec", "--allow-run-as-root", "--quiet", "--bind-to", "none", "-np"],
+    "horovodrun": [str(VENV_BIN / "horovodrun"), "--gloo", "-np"],
+}
+
+
+def _command(args, processes):
+    main = [
+        sys.executable, str(REPO / "main.py"), "--mode", "training_benchmark",
+        "--arch", args.arch, "--batch_size", str(args.batch_size),
+        "--synthetic_data_size", str(args.image_size), "--num_classes", "1000",
+        "--iter_unit", "batch", "--num_iter", str(args.num_iter),
+        "--warmup_steps", str(args.warmup_steps), "--display_every", str(args.num_iter),
+    ]  # fmt: skip
+    if processes == 1:
+        return main
+    launcher = [*LAUNCHERS[args.launcher], str(processes)]
+    if args.launcher == "horovodrun":
+        launcher += ["-H", f"localhost:{processes}"]
+    return launcher + main
+
+
+def _run(args, processes):
+    """(job img/s, [img/s of each rank], seconds) of one benchmark run."""
+    with tempfile.TemporaryDirectory(prefix="bench_scaling-") as results:
+        command = _command(args, processes) + ["--results_dir", results]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        t0 = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(f"benchmark run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        summary = {}
+        for line in Path(results, "log.json").read_text().splitlines():
+            record = json.loads(line[len("DLLL ") :])
+            if record["type"] == "LOG" and record["step"] == []:
+                summary.update(record["data"])
+    return summary["train_throughput"], summary["train_throughput_per_rank"], seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="mpiexec")
+    parser.add_argument("--np", type=int, default=2, help="processes of the scaled run")
+    parser.add_argument("--arch", default="resnext101-32x4d")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=8, help="per process")
+    parser.add_argument("--num_iter", type=int, default=12)
+    parser.add_argument("--warmup_steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rows = []
+    for processes in (1, args.np):
+        runs = []
+        for i in range(args.repeats):
+            runs.append(_run(args, processes))
+            job, per_rank, seconds = runs[-1]
+            ranks = ", ".join(f"{v:.2f}" for v in per_rank)
+            print(
+                f"# {processes} process(es), run {i + 1}: {job:.2f} img/s "
+                f"(ranks: {ranks}) in {seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        job = statistics.median(r[0] for r in runs)
+        per_rank = [statistics.median(r[1][k] for r in runs) for k in range(processes)]
+        rows.append((processes, job, per_rank))
+
+    single = rows[0][1]
+    print(
+        f"\n{args.arch}, synthetic {args.image_size}x{args.image_size}, batch {args.batch_size} "
+        f"per process, median of {args.repeats} runs ({args.num_iter} steps, "
+        f"{args.warmup_steps} left out), launcher for N>1: {args.launcher}, "
+        f"{os.cpu_count()} CPU cores\n"
+    )
+    print("| processes | global batch | job img/s | img/s per rank | efficiency |")
+    print("|---|---|---|---|---|")
+    for processes, job, per_rank in rows:
+        ranks = " / ".join(f"{v:.2f}" for v in per_rank)
+        efficiency = job / (processes * single)
+        print(
+            f"| {processes}{' (no launcher)' if processes == 1 else ''} | "
+            f"{processes * args.batch_size} | {job:.2f} | {ranks} | {efficiency:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
