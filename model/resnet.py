@@ -38,7 +38,8 @@ ARCHITECTURES = {
 DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
 
 
-def _normalize(x):
+def normalize_images(x):
+    """Raw 0..255 RGB pixels -> the normalised input the network expects."""
     mean = tf.constant(IMAGENET_MEAN, dtype=x.dtype)
     std = tf.constant(IMAGENET_STD, dtype=x.dtype)
     return (x - mean) / std
@@ -94,7 +95,7 @@ def build_model(
     inputs = tf.keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
     x = inputs
     if normalize_input:
-        x = tf.keras.layers.Lambda(_normalize, name="normalize")(x)
+        x = tf.keras.layers.Lambda(normalize_images, name="normalize")(x)
     if data_format == "NCHW":
         x = tf.keras.layers.Permute((3, 1, 2), name="to_nchw")(x)
 

@@ -1,5 +1,9 @@
 """SavedModel export: raw float32 pixels in, `classes` and `probabilities` out.
 
+A model trained on DALI batches (normalised by DALI) is built without its own
+normalisation; `normalize=True` puts it in front of the model in the export, so every
+exported model takes raw 0..255 RGB pixels.
+
 The export is written beside `export_dir` under a temporary name and renamed into place,
 so an interrupted export never leaves a half-written model where a server would load it.
 """
@@ -10,11 +14,14 @@ import tempfile
 
 import tensorflow as tf
 
+from model.resnet import normalize_images
+
 
 class _Serving(tf.Module):
-    def __init__(self, model, image_size):
+    def __init__(self, model, image_size, normalize):
         super().__init__()
         self.model = model
+        self.normalize = normalize
         self.serve = tf.function(
             self._serve,
             input_signature=[
@@ -23,6 +30,8 @@ class _Serving(tf.Module):
         )
 
     def _serve(self, input_tensor):
+        if self.normalize:
+            input_tensor = normalize_images(input_tensor)
         logits = tf.cast(self.model(input_tensor, training=False), tf.float32)
         return {
             "classes": tf.argmax(logits, axis=1),
@@ -30,13 +39,15 @@ class _Serving(tf.Module):
         }
 
 
-def export_saved_model(model, export_dir, image_size=224):
+def export_saved_model(model, export_dir, image_size=224, normalize=False):
+    """Write `model` as a SavedModel to `export_dir`; `normalize`: the model expects
+    normalised images (built with normalize_input=False), so the export normalises."""
     export_dir = os.path.abspath(export_dir)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
     try:
-        module = _Serving(model, image_size)
+        module = _Serving(model, image_size, normalize)
         tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
         if os.path.exists(export_dir):
             retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.old-")

@@ -1,8 +1,9 @@
-"""Which data a run reads (TFRecords or synthetic), how many steps that makes, and the
-training targets (smoothed one-hot, mixup) added to each batch in the input pipeline.
+"""Which data a run reads (tf.data or DALI over TFRecords, or synthetic), how many steps
+that makes, and the training targets (smoothed one-hot, mixup) of each batch.
 
-Mixup draws from a Gamma distribution, which XLA cannot compile, so targets are built in
-tf.data rather than inside the (possibly jit-compiled) training step.
+Targets are made by `make_targets_fn`, a small `tf.function` the training loop calls
+between the input pipeline and the training step: mixup draws from a Gamma distribution,
+which XLA cannot compile, and a DALI dataset on a GPU cannot be followed by tf.data maps.
 """
 
 from dataclasses import dataclass
@@ -30,9 +31,7 @@ def plan_steps(args, dist):
     global_batch = args.batch_size * dist.size
     if not args.data_dir:
         # Synthetic data has no epochs: --num_iter counts batches whatever --iter_unit says.
-        return StepPlan(
-            steps_per_epoch=args.num_iter, total_steps=args.num_iter, num_train_records=0
-        )
+        return StepPlan(args.num_iter, args.num_iter, num_train_records=0)
     records = data_utils.count_records(data_utils.list_files(args.data_dir, "train"))
     steps_per_epoch = records // global_batch
     if steps_per_epoch < 1:
@@ -44,63 +43,82 @@ def plan_steps(args, dist):
     return StepPlan(steps_per_epoch, total, records)
 
 
+def _dali():
+    from utils import dali_utils  # imports DALI only for --dali runs
+
+    return dali_utils
+
+
 def training_dataset(args, dist, seed, start_step=0):
-    """Batches of (images, targets) from step `start_step` on."""
+    """Batches of (images, labels) from step `start_step` on."""
     size = image_size(args)
+    shard = {"num_shards": dist.size, "shard_index": dist.rank}
+    if args.dali:
+        # DALI restarts its own stream on resume: the batches differ from an uninterrupted
+        # run's, the schedule and weights do not.
+        return _dali().train_dataset(
+            args.data_dir, args.data_idx_dir, args.batch_size, size, seed=seed, **shard
+        )
     if args.data_dir:
-        ds = data_utils.train_dataset(
+        return data_utils.train_dataset(
             args.data_dir,
             args.batch_size,
             size,
-            num_shards=dist.size,
-            shard_index=dist.rank,
             seed=seed,
             num_classes=args.num_classes,
             start_batch=start_step,
+            **shard,
         )
-    else:  # one batch repeated: every step sees the same data
-        ds = data_utils.synthetic_dataset(args.batch_size, size, args.num_classes, seed=seed)
-    return with_targets(ds, args, seed, start_step)
+    # One batch repeated: every step sees the same data.
+    return data_utils.synthetic_dataset(args.batch_size, size, args.num_classes, seed=seed)
 
 
-def with_targets(ds, args, seed, start_step=0):
-    """(images, labels) -> (images, float32 targets) with label smoothing and mixup."""
+def make_targets_fn(args, seed):
+    """(images, labels, step) -> (images, float32 targets) with label smoothing and mixup.
+
+    With a seed, mixup's draws depend only on (seed, step), so a resumed run repeats them.
+    """
     num_classes, smoothing, alpha = args.num_classes, args.label_smoothing, args.mixup
 
-    def targets(step, batch):
-        images, labels = batch
+    @tf.function(reduce_retracing=True)
+    def targets(images, labels, step):
         one_hot = smoothed_one_hot(labels, num_classes, smoothing)
         if alpha > 0:
-            mix_seed = None if seed is None else tf.stack([tf.cast(seed, tf.int64), step])
+            mix_seed = None if seed is None else tf.stack([tf.constant(seed, tf.int64), step])
             images, one_hot = mixup(images, one_hot, alpha, seed=mix_seed)
         return images, one_hot
 
-    ds = ds.enumerate(start=start_step).map(targets, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return targets
 
 
 def evaluation_dataset(args, dist):
-    return data_utils.eval_dataset(
-        args.data_dir,
-        args.batch_size,
-        args.image_size,
-        num_shards=dist.size,
-        shard_index=dist.rank,
-    )
+    """Batches of this rank's shard of the validation images, each image once."""
+    shard = {"num_shards": dist.size, "shard_index": dist.rank}
+    if args.dali:
+        dali = _dali()
+        ds, num_images = dali.eval_dataset(
+            args.data_dir, args.data_idx_dir, args.batch_size, args.image_size, **shard
+        )
+        return dali.real_batches(ds, num_images)
+    return data_utils.eval_dataset(args.data_dir, args.batch_size, args.image_size, **shard)
 
 
 def inference_dataset(args):
     """Real validation images when --data_dir is given, else one synthetic batch repeated."""
+    if args.dali:
+        ds, _ = _dali().eval_dataset(
+            args.data_dir, args.data_idx_dir, args.batch_size, args.image_size
+        )
+        return ds  # already endless
     if args.data_dir:
-        return evaluation_dataset(args, _single).repeat()
+        return data_utils.eval_dataset(args.data_dir, args.batch_size, args.image_size).repeat()
     return data_utils.synthetic_dataset(
         args.batch_size, args.synthetic_data_size, args.num_classes, seed=args.seed
     )
 
 
-class _SingleShard:
-    size = 1
-    rank = 0
-
-
-_single = _SingleShard()
+def check_dali(args):
+    """--dali where it cannot apply is a UserError (the parser already asks for --data_dir
+    and --data_idx_dir with it)."""
+    if args.dali and args.mode == "predict":
+        raise UserError("--dali reads TFRecords, --mode predict reads image files: drop --dali")

@@ -52,8 +52,6 @@ SINGLE_PROCESS_MODES = ("inference_benchmark", "predict")
 DUMP_WEIGHTS_VAR = "RNXT_DUMP_WEIGHTS"
 
 NOT_YET = {
-    "dali": "--dali (the DALI input pipeline) is not implemented yet in this port; "
-    "drop --dali to read the TFRecords with tf.data",
     "quantize": "--quantize (quantization-aware training) is not implemented yet in this port",
 }
 
@@ -65,6 +63,7 @@ def _build(args, num_classes=None):
         data_format=args.data_format,
         weight_init=args.weight_init,
         use_final_conv=args.use_final_conv,
+        normalize_input=not args.dali,  # DALI delivers normalised images
     )
 
 
@@ -172,7 +171,10 @@ def _train(args, dist, logger, seed, benchmark=False):
     with dist.agree_on_errors():
         trainer = Trainer(model, optimizer, schedule, dist, logger, args, plan, keeper)
         dataset = inputs.training_dataset(args, dist, seed, start_step=start)
-    result = trainer.run(dataset, steps, benchmark_warmup=args.warmup_steps if benchmark else None)
+    targets_fn = inputs.make_targets_fn(args, seed)
+    result = trainer.run(
+        dataset, targets_fn, steps, benchmark_warmup=args.warmup_steps if benchmark else None
+    )
     throughput = {k: v for k, v in result.items() if k.startswith("train_")}
     if throughput:
         logger.log((), throughput)
@@ -197,7 +199,9 @@ def _export(args, dist, model):
         return
     with dist.agree_on_errors():
         if dist.is_chief:
-            path = export_saved_model(model, args.export_dir, inputs.image_size(args))
+            path = export_saved_model(
+                model, args.export_dir, inputs.image_size(args), normalize=args.dali
+            )
             print(f"exported SavedModel to {path}", flush=True)
 
 
@@ -302,6 +306,7 @@ def _run(args, dist):
         if getattr(args, flag):
             dist.fail(UserError(message))
     with dist.agree_on_errors():
+        inputs.check_dali(args)
         environment.configure_devices(dist, args.gpu_id)
         environment.configure_precision(args.amp)
         seed = environment.configure_seed(args.seed, dist.rank)

@@ -139,8 +139,11 @@ class Trainer:
     def _epoch(self, step):
         return int(step // self.plan.steps_per_epoch)
 
-    def run(self, dataset, steps, benchmark_warmup=None):
+    def run(self, dataset, targets_fn, steps, benchmark_warmup=None):
         """Train for `steps` steps; returns a dict of throughput figures.
+
+        `dataset` yields (images, labels); `targets_fn(images, labels, step)` turns them into
+        (images, float32 targets) for the step (inputs.make_targets_fn).
 
         `benchmark_warmup`: in benchmark mode, time every step and leave out this many.
         Otherwise throughput is measured from the end of the first step (compilation) on.
@@ -167,7 +170,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 factor = hvd_utils.FIRST_STEP_FACTOR if i == 0 else 1  # compiles
                 with dist.watch(f"training step {step}", factor):
-                    ce, l2, total = self.step_fn(*batch)
+                    images, targets = targets_fn(*batch, tf.constant(step - 1, tf.int64))
+                    ce, l2, total = self.step_fn(images, targets)
                     if benchmark_warmup is not None:
                         total.numpy()
                         step_times.append(time.perf_counter() - t0)

@@ -489,3 +489,12 @@ def test_readme_names_only_flags_main_py_has():
     assert len(named) > 20  # the rule still finds the README's commands
     unknown = sorted({f"{flag} (in: {where})" for flag, where in named if flag not in known})
     assert not unknown, "README.md names flags main.py does not have:\n" + "\n".join(unknown)
+
+
+def test_readme_usage_block_is_main_py_usage(monkeypatch):
+    """The README's `usage: main.py` block is what `main.py --help` prints (80 columns)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    markdown = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^```\n(usage: main\.py.*?)^```", markdown, re.S | re.M)
+    assert block, "README.md has no usage block"
+    assert block.group(1).strip() == build_parser().format_usage().strip()
