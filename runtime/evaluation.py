@@ -37,17 +37,25 @@ def _top_k_correct(logits, labels):
     return top1, top5
 
 
+def _steady_batches(batch_sizes):
+    """Indices of the batches to time: not the first, not a smaller last one."""
+    steady = [i for i, size in enumerate(batch_sizes) if i > 0 and size == batch_sizes[0]]
+    return steady or list(range(len(batch_sizes)))
+
+
 def evaluate(model, dataset, dist, xla, total_images=None):
     """Top-1/top-5 over this rank's shard, summed over ranks; also throughput and latency.
 
     The shards partition the validation set, so the sums count every image exactly once.
     Every rank runs the same collectives at the end, whatever its shard size; a rank whose
-    input fails ends every rank there (`dist.check`). Throughput is the job's: all images
-    over the slowest rank's time. Latency figures are rank 0's.
+    input fails ends every rank there (`dist.check`). Throughput and latency leave out the
+    first batch (it traces and compiles) and a smaller last batch (it traces again), unless
+    nothing else is left. Throughput is the job's: the timed images of all ranks over the
+    slowest rank's timed seconds. Latency figures are rank 0's.
     """
     predict = make_predict_fn(model, xla)
     counts = np.zeros(3, np.int64)  # top-1 hits, top-5 hits, images
-    batch_times = []
+    batch_times, batch_sizes = [], []
     progress = Progress(
         total_images or 0, 1, label="eval", enabled=bool(total_images) and dist.is_chief
     )
@@ -58,22 +66,27 @@ def evaluate(model, dataset, dist, xla, total_images=None):
             top1, top5 = _top_k_correct(predict(images), labels)
             counts += [int(top1), int(top5), int(labels.shape[0])]
             batch_times.append(time.perf_counter() - t0)
+            batch_sizes.append(int(labels.shape[0]))
             progress.update(int(counts[2]) * dist.size)
     except Exception as caught:  # this rank's input failed: all ranks end in check()
         error = caught
     progress.close()
     dist.check(error)
     top1, top5, images = (int(c) for c in np.asarray(dist.sum(counts)))
-    seconds = dist.gather([sum(batch_times)], name="eval_seconds")[:, 0]
+    timed = _steady_batches(batch_sizes)
+    timed_times = [batch_times[i] for i in timed]
+    seconds, timed_images = dist.gather(
+        [sum(timed_times), sum(batch_sizes[i] for i in timed)], name="eval_seconds"
+    ).T
     result = {
         "top1_accuracy": top1 / images if images else float("nan"),
         "top5_accuracy": top5 / images if images else float("nan"),
         "eval_images": images,
     }
     if seconds.max() > 0:
-        result["eval_throughput"] = images / float(seconds.max())
-    if batch_times:
-        stats = latency_stats(batch_times, batch_size=1)
+        result["eval_throughput"] = float(timed_images.sum()) / float(seconds.max())
+    if timed_times:
+        stats = latency_stats(timed_times, batch_size=1)
         result.update({f"eval_{k}": v for k, v in stats.items() if k != "throughput"})
     return result
 
