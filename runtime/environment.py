@@ -7,16 +7,37 @@ machine without GPUs the processes share the cores; splitting TensorFlow's threa
 between them was measured no faster here, so each keeps TensorFlow's defaults.
 """
 
+import ctypes
 import os
+import sys
 
 import tensorflow as tf
 
 from utils.errors import UserError
 
 
-def configure_devices(dist, gpu_id):
-    """One GPU per process (local rank under Horovod, `--gpu_id` alone), memory growth on.
-    Runs before any GPU is used (Horovod is initialised but has not touched a device)."""
+def gpu_total_memory_mb(ordinal):
+    """Total memory of CUDA device `ordinal` (the number in TensorFlow's physical device
+    name) from the CUDA driver, or None when the driver cannot say."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        device, total = ctypes.c_int(), ctypes.c_size_t()
+        if cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(device), ordinal):
+            return None
+        if cuda.cuDeviceTotalMem_v2(ctypes.byref(total), device):
+            return None
+    except (OSError, AttributeError):
+        return None
+    return total.value // 2**20
+
+
+def configure_devices(dist, gpu_id, dali=False, memory_fraction=1.0):
+    """One GPU per process (local rank under Horovod, `--gpu_id` alone). Runs before any
+    GPU is used (Horovod is initialised but has not touched a device).
+
+    TensorFlow takes GPU memory as it needs it (memory growth), except with DALI, where,
+    as in the original, it may take at most `memory_fraction` (--gpu_memory_fraction) of
+    the GPU's memory so DALI's GPU decoding keeps the rest."""
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return
@@ -33,8 +54,20 @@ def configure_devices(dist, gpu_id):
             raise UserError(
                 f"--gpu_id {index} does not exist: this machine shows {len(gpus)} GPU(s)"
             )
-    tf.config.set_visible_devices(gpus[index], "GPU")
-    tf.config.experimental.set_memory_growth(gpus[index], True)
+    gpu = gpus[index]
+    tf.config.set_visible_devices(gpu, "GPU")
+    if dali and memory_fraction < 1.0:
+        total = gpu_total_memory_mb(int(gpu.name.rsplit(":", 1)[1]))
+        if total is not None:
+            limit = tf.config.LogicalDeviceConfiguration(memory_limit=int(memory_fraction * total))
+            tf.config.set_logical_device_configuration(gpu, [limit])
+            return
+        print(
+            "warning: the CUDA driver did not report the GPU's memory, so "
+            "--gpu_memory_fraction is not applied; TensorFlow grows its memory as needed",
+            file=sys.stderr,
+        )
+    tf.config.experimental.set_memory_growth(gpu, True)
 
 
 def configure_precision(amp):
