@@ -2,8 +2,11 @@
 
 TensorFlow writes a checkpoint's data and index before it atomically rewrites the
 `checkpoint` state file, so a run killed mid-save still resumes from the previous one.
-A small `model_config.json` beside the checkpoints records the architecture; a checkpoint
-of another architecture is refused with one line instead of a shape traceback.
+A small `model_config.json` beside the checkpoints records the architecture and whether
+the model is quantization-aware (QAT); a checkpoint of another architecture, or a float
+checkpoint where a QAT one is expected (and the reverse), is refused with one line instead
+of a shape traceback. Fine-tuning (`--finetune_checkpoint`) copies float weights across
+that boundary.
 """
 
 import json
@@ -12,20 +15,33 @@ import tempfile
 
 import tensorflow as tf
 
+from model import quantization
 from utils.errors import UserError
 
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5
 HEAD_LAYERS = ("logits_dense", "logits_conv")
+QUANT_KEYS = ("quantize", "symmetric", "use_qdq")
+BOOL_KEYS = ("use_final_conv", *QUANT_KEYS)
 
 
 def model_config(args):
+    """What a checkpoint's variables depend on; saved as model_config.json beside it."""
     return {
         "arch": args.arch,
         "num_classes": args.num_classes,
         "use_final_conv": bool(args.use_final_conv),
-        "quantize": bool(getattr(args, "quantize", False)),
+        "quantize": bool(args.quantize),
+        "symmetric": bool(args.symmetric),
+        "use_qdq": bool(args.use_qdq),
     }
+
+
+def describe(config):
+    """The flags that build the model of `config`, e.g. `--arch resnet50 --quantize`."""
+    flags = [f"--arch {config['arch']}", f"--num_classes {config['num_classes']}"]
+    flags += [f"--{key}" for key in BOOL_KEYS if config.get(key)]
+    return " ".join(flags)
 
 
 def _write_json_atomically(path, data):
@@ -66,15 +82,30 @@ def resolve_checkpoint(path):
 
 
 def check_compatible(directory, config, flag="--model_dir"):
+    """Refuse, with one line naming the fix, a checkpoint whose model_config.json differs
+    from `config`. A sidecar without the quantization keys is a float model's."""
     saved = _read_config(directory)
     if saved is None:
         return
-    for key in ("arch", "num_classes", "use_final_conv"):
+    for key in ("arch", "num_classes"):
         if saved.get(key) != config[key]:
             raise UserError(
                 f"checkpoint in {directory} was trained with {key}={saved.get(key)}, "
                 f"not {config[key]}: pass the same --{key} or another {flag}"
             )
+    for key in BOOL_KEYS:
+        was = bool(saved.get(key, False))
+        if was == bool(config.get(key, False)):
+            continue
+        fix = f"{'add' if was else 'drop'} --{key} or use another {flag}"
+        if key == "quantize" and not was:
+            fix += (
+                f"; to quantize it, fine-tune from it: --quantize --finetune_checkpoint "
+                f"{directory} with a new {flag}"
+            )
+        raise UserError(
+            f"checkpoint in {directory} was trained {'with' if was else 'without'} --{key}: {fix}"
+        )
 
 
 class CheckpointKeeper:
@@ -102,8 +133,7 @@ class CheckpointKeeper:
         _restore(
             self.checkpoint,
             path,
-            f"cannot restore {path}: it does not match this model (--arch "
-            f"{self.config['arch']}, --num_classes {self.config['num_classes']})",
+            f"cannot restore {path}: it does not match this model ({describe(self.config)})",
         )
         return path
 
@@ -124,39 +154,46 @@ def restore_model_only(model, path, config):
     _restore(
         tf.train.Checkpoint(model=model),
         prefix,
-        f"cannot restore {prefix} into --arch {config['arch']}",
+        f"cannot restore {prefix} into {describe(config)}",
     )
     return prefix
 
 
 def load_finetune_weights(model, path, config, build_fn, log=print):
-    """Copy every layer's weights from `path`; a head of another class count is skipped."""
+    """Copy every layer's float weights from the checkpoint at `path` into `model`.
+
+    The source model is built (`build_fn(source_config)`) as the checkpoint was saved,
+    float or QAT, from its model_config.json (none: a float model of `config`'s
+    architecture), so a float checkpoint can seed a QAT model and the reverse. A head of
+    another class count is skipped; quantizer ranges and steps are not copied.
+    """
     prefix = resolve_checkpoint(path)
     if prefix is None:
         raise UserError(f"--finetune_checkpoint {path}: no checkpoint found there")
     saved = _read_config(_checkpoint_dir(prefix)) or {}
-    if saved.get("arch", config["arch"]) != config["arch"]:
+    source_config = {**config, **dict.fromkeys(QUANT_KEYS, False), **saved}
+    if source_config["arch"] != config["arch"]:
         raise UserError(
-            f"--finetune_checkpoint {path} holds a {saved['arch']} model, not {config['arch']}"
+            f"--finetune_checkpoint {path} holds a {source_config['arch']} model, "
+            f"not {config['arch']}"
         )
-    source_classes = saved.get("num_classes", config["num_classes"])
-    source = build_fn(source_classes)
+    source = build_fn(source_config)
     _restore(
         tf.train.Checkpoint(model=source),
         prefix,
-        f"--finetune_checkpoint {path} does not match --arch {config['arch']}",
+        f"--finetune_checkpoint {path} does not match {describe(source_config)}",
     )
     skipped = []
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        if layer.name in HEAD_LAYERS and source_classes != config["num_classes"]:
-            skipped.append(layer.name)
-            continue
-        layer.set_weights(source.get_layer(layer.name).get_weights())
+    if source_config["num_classes"] != config["num_classes"]:
+        skipped = [layer.name for layer in model.layers if layer.name in HEAD_LAYERS]
+    try:
+        quantization.copy_float_weights(source, model, skip=skipped)
+    except ValueError as error:
+        raise UserError(f"--finetune_checkpoint {path}: {error}") from None
     if skipped:
         log(
-            f"fine-tuning from {prefix}: its head has {source_classes} classes, this model "
-            f"{config['num_classes']}; {', '.join(skipped)} keeps its fresh initialisation"
+            f"fine-tuning from {prefix}: its head has {source_config['num_classes']} classes, "
+            f"this model {config['num_classes']}; {', '.join(skipped)} keeps its fresh "
+            "initialisation"
         )
     return prefix

@@ -11,8 +11,8 @@ rank 0 alone; the other processes exit at once, without starting Horovod.
 
 Test hook: with RNXT_DUMP_WEIGHTS=<dir>, every rank saves its model and optimizer variables
 to <dir>/rank<N>.npz when training ends, so tests can compare the ranks' weights. Trainable
-weights and optimizer state are identical on all ranks; batch-norm moving statistics are
-each rank's own until rank 0's are broadcast after training.
+weights and optimizer state are identical on all ranks; batch-norm moving statistics (and
+QAT input ranges) are each rank's own until rank 0's are broadcast after training.
 """
 
 import functools
@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from model import build_model
+from model import build_model, quantization
 from runtime import checkpoints, environment, evaluation, inputs
 from runtime.export import export_saved_model
 from runtime.predict import list_images, predict, print_predictions, write_predictions
@@ -51,19 +51,26 @@ METRIC_UNITS = {
 SINGLE_PROCESS_MODES = ("inference_benchmark", "predict")
 DUMP_WEIGHTS_VAR = "RNXT_DUMP_WEIGHTS"
 
-NOT_YET = {
-    "quantize": "--quantize (quantization-aware training) is not implemented yet in this port",
-}
 
-
-def _build(args, num_classes=None):
-    return build_model(
-        args.arch,
-        num_classes=num_classes or args.num_classes,
+def _build(args, config=None):
+    """The model of `config` (a `checkpoints.model_config`; default: the flags'): the
+    float model, or with `quantize` its QAT copy (`model/quantization.py`)."""
+    config = config or checkpoints.model_config(args)
+    model = build_model(
+        config["arch"],
+        num_classes=config["num_classes"],
         data_format=args.data_format,
         weight_init=args.weight_init,
-        use_final_conv=args.use_final_conv,
+        use_final_conv=config["use_final_conv"],
         normalize_input=not args.dali,  # DALI delivers normalised images
+    )
+    if not config["quantize"]:
+        return model
+    return quantization.quantize_model(
+        model,
+        symmetric=config["symmetric"],
+        use_qdq=config["use_qdq"],
+        quant_delay=args.quant_delay,
     )
 
 
@@ -302,9 +309,6 @@ def run(args):
 
 
 def _run(args, dist):
-    for flag, message in NOT_YET.items():
-        if getattr(args, flag):
-            dist.fail(UserError(message))
     with dist.agree_on_errors():
         inputs.check_dali(args)
         environment.configure_devices(dist, args.gpu_id)

@@ -1,8 +1,9 @@
 """The training step and loop: loss, weight decay, loss scaling, logging, checkpoints, stop.
 
 One compiled step (`tf.function`, `jit_compile` with --xla) takes a batch of images and
-float32 targets. The loop around it logs, saves checkpoints every `CHECKPOINT_EVERY`
-steps and at the end, and stops cleanly on SIGTERM/SIGUSR1 with a checkpoint.
+float32 targets; for a QAT model (--quantize) it first tells the quantizers the step. The
+loop around it logs, saves checkpoints every `CHECKPOINT_EVERY` steps and at the end, and
+stops cleanly on SIGTERM/SIGUSR1 with a checkpoint.
 
 With several processes (Horovod) the gradients are averaged in the step, and before every
 step the ranks exchange two numbers: a stop signal and a data error. So a SIGTERM to any
@@ -18,6 +19,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from model import quantization
 from utils import hvd_utils
 from utils.errors import UserError
 from utils.losses import cross_entropy, decayed_variables, l2_loss
@@ -69,6 +71,10 @@ def make_train_step(model, optimizer, dist, weight_decay, amp, xla):
     decayed = decayed_variables(model)
 
     def losses_and_gradients(images, targets, tape_wrapper):
+        # QAT (a no-op for float models): the quantization delay counts applied steps.
+        # A LossScaleOptimizer's `iterations` is its inner optimizer's, which also counts
+        # the steps skipped for overflow.
+        quantization.set_quant_step(model, optimizer.iterations)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             ce = cross_entropy(logits, targets)

@@ -320,8 +320,10 @@ def _check_combinations(parser, args):
         parser.error(f"--{quant_flags[0]} only applies with --quantize")
     if args.quant_delay and not args.quantize:
         parser.error("--quant_delay only applies with --quantize")
-    if args.quantize and args.mode not in ("train", "train_and_evaluate"):
-        parser.error("--quantize is for training (--mode train or train_and_evaluate)")
+    # --quantize, --symmetric and --use_qdq build the QAT model in every mode (evaluating
+    # or exporting a QAT checkpoint needs it); the delay only matters to training.
+    if args.quant_delay and args.mode not in TRAINING_MODES:
+        parser.error(f"--quant_delay only applies to training, not --mode {args.mode}")
     if not 0.0 < args.gpu_memory_fraction <= 1.0:
         parser.error(f"--gpu_memory_fraction must be in (0, 1], got {args.gpu_memory_fraction}")
 
