@@ -70,8 +70,15 @@ def configure_devices(dist, gpu_id, dali=False, memory_fraction=1.0):
     tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def configure_precision(amp):
+def configure_precision(amp, warn=True):
     tf.keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
+    if amp and warn and not tf.config.list_physical_devices("GPU"):
+        print(
+            "warning: --amp without a GPU: CPUs have no fast float16 convolutions, so this "
+            "runs many times slower than float32 (drop --amp on a CPU)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def configure_seed(seed, rank):

@@ -311,8 +311,8 @@ def run(args):
 def _run(args, dist):
     with dist.agree_on_errors():
         inputs.check_dali(args)
-        environment.configure_devices(dist, args.gpu_id)
-        environment.configure_precision(args.amp)
+        environment.configure_devices(dist, args.gpu_id, args.dali, args.gpu_memory_fraction)
+        environment.configure_precision(args.amp, warn=dist.is_chief)
         seed = environment.configure_seed(args.seed, dist.rank)
         logger = Logger(args.results_dir, args.log_filename, enabled=dist.is_chief)
     try:

@@ -14,6 +14,7 @@ Logged losses are averages over ranks; throughput is the job's (all ranks) plus 
 
 import functools
 import signal
+import sys
 import time
 
 import numpy as np
@@ -162,6 +163,7 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         first_step_end = None
         stopped_by = []
+        warned_nan = False
         with StopRequest() as stop:
             for i in range(steps):
                 batch, error = None, None
@@ -186,8 +188,11 @@ class Trainer:
                 if step % args.display_every == 0 or i == steps - 1 or save_now:
                     values = [float(v) for v in dist.mean([ce, l2, total])]
                     diverged = _divergence(values[2], step, args)
-                    if diverged is not None:
+                    if diverged is not None and benchmark_warmup is None:
                         dist.fail(diverged)
+                    if diverged is not None and not warned_nan and dist.is_chief:
+                        warned_nan = True  # a benchmark measures speed: it goes on
+                        print(f"warning: {values[2]} loss at step {step}", file=sys.stderr)
                     now = time.perf_counter()
                     img_s = self.global_batch * window_steps / (now - window_start)
                     window_start, window_steps = now, 0

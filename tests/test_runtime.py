@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,6 +228,17 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_no_nan_checkpoint(tmp_pat
     assert "main.py: error: training diverged at step" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
+
+
+def test_a_diverging_benchmark_warns_and_still_measures(tmp_path):
+    proc = run_main(
+        "--arch", "resnet50", "--mode", "training_benchmark", "--batch_size", "4",
+        "--num_iter", "4", "--warmup_steps", "1", "--lr_init", "1e12",
+        "--lr_warmup_epochs", "0", "--display_every", "1", "--results_dir", str(tmp_path),
+        *SMALL,
+    )  # fmt: skip
+    assert len(re.findall(r"warning: (nan|-?inf) loss at step", proc.stderr)) == 1, proc.stderr
+    assert logged(read_log(tmp_path), "train_throughput")[-1] > 0
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, sample_data):
