@@ -498,3 +498,37 @@ def test_readme_usage_block_is_main_py_usage(monkeypatch):
     block = re.search(r"^```\n(usage: main\.py.*?)^```", markdown, re.S | re.M)
     assert block, "README.md has no usage block"
     assert block.group(1).strip() == build_parser().format_usage().strip()
+
+
+# --- benchmarks/gpu/run_matrix.sh --------------------------------------------------------
+
+GPU_MATRIX = REPO / "benchmarks" / "gpu" / "run_matrix.sh"
+
+
+def test_gpu_matrix_commands_parse_and_cover_the_original_matrix(tmp_path):
+    commands = _commands(GPU_MATRIX, "/data/tfrecords", "/data/dali_idx", cwd=tmp_path)
+    assert commands[0][1] == "-c"  # the GPU check comes first
+    cells = set()
+    for argv in commands[1:]:
+        assert argv[:2] == ["env", "TF_CPP_MIN_LOG_LEVEL=0"]
+        args = _parse(_split(argv[2:])[2])
+        assert args.arch == "resnext101-32x4d" and args.data_dir == "/data/tfrecords"
+        precision = ("amp" if args.amp else "fp32") + ("_xla" if args.xla else "")
+        precision += "_dali" if args.dali else ""
+        cells.add((args.mode, precision, args.batch_size))
+    assert len(cells) == len(commands) - 1  # no run twice
+    for precision in ("fp32", "fp32_xla", "amp", "amp_xla"):
+        assert {("training_benchmark", precision, bs) for bs in (64, 128, 256)} <= cells
+    for precision in ("fp32", "fp32_xla", "amp", "amp_xla", "amp_xla_dali"):
+        assert {("inference_benchmark", precision, 2**k) for k in range(8)} <= cells
+
+
+def test_gpu_matrix_refuses_to_run_without_a_gpu(tmp_path):
+    proc = _run(GPU_MATRIX, cwd=tmp_path, dry=False, RESULTS_DIR=tmp_path / "out")
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("run_matrix.sh: error: TensorFlow sees no GPU")
+    )
+    assert not (tmp_path / "out").exists()  # nothing ran
