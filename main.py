@@ -7,6 +7,7 @@ User errors end with one line on stderr and a non-zero exit, never a traceback.
 import os
 import sys
 
+from utils import perf_env
 from utils.cmdline_helper import parse_cmdline
 from utils.errors import UserError
 
@@ -16,6 +17,7 @@ def main(argv=None):
     # Keep TensorFlow's C++ start-up chatter out of the user's log unless asked for.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        perf_env.configure(args.mode)  # before TensorFlow is imported
         from runtime import runner
 
         return runner.run(args)

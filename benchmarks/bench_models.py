@@ -4,6 +4,9 @@
 
 Times the same compiled training step and inference function that `main.py` runs, on one
 synthetic batch, after warm-up; prints the median of --repeats timed steps per cell.
+Inference here runs in the training process, so without the oneDNN frozen weights that
+main.py's inference modes use (utils/perf_env.py): `benchmarks/bench_vs_timm.py` measures
+inference as main.py runs it.
 """
 
 import argparse

@@ -7,7 +7,9 @@ In one run, at the same batch, image size and intra-op thread count, it times:
 
 - ours: the compiled training step and inference function that `main.py` runs
   (`runtime.training.make_train_step`: cross-entropy + L2 weight decay, MomentumSGD;
-  `runtime.evaluation.make_predict_fn`), float32, no XLA, as `benchmarks/bench_models.py`;
+  `runtime.evaluation.make_predict_fn`), float32, no XLA, with the environment main.py
+  sets for --mode training_benchmark / inference_benchmark (`utils/perf_env.py`: oneDNN's
+  frozen weights for inference only);
 - timm's `resnext101_32x4d` (`benchmarks/peer_timm.py`, in the peer venv that
   `benchmarks/setup_peer_env.sh` makes, or --peer_python): forward, cross-entropy,
   backward, SGD momentum step; inference in eval mode under `torch.inference_mode()`.
@@ -20,20 +22,22 @@ OpenMP (libgomp) threads otherwise spin at every barrier, and on a shared, overs
 machine that made timm 2-4x slower than with PASSIVE (benchmarks/RESULTS.md); the
 comparison is against the stronger setting. Our TensorFlow has no such switch.
 
-Each contestant is a persistent subprocess that runs a block of steps on command, so all
-stay warm. After warm-up, the blocks alternate: ours k steps, timm k steps, then timm
-first in the next round (ABBA), for --rounds rounds, so drift of this shared machine hits
-both alike. Each step is synchronous and timed alone; img/s is batch / the median step
-time over all rounds. The ratio column is ours/timm img/s; "round ratios" gives the
-smallest and largest ratio of per-round medians, a view of the noise. Two more views:
-"best step" compares the fastest step of each (the least disturbed by other processes),
-"CPU time" the median CPU seconds (all threads) per step, which other processes inflate
-far less than wall time (a thread spinning at a barrier still counts).
+Each contestant is a subprocess that runs a block of steps on command and stays warm for
+the whole row; every row starts fresh ones (TensorFlow reads TF_ONEDNN_ASSUME_FROZEN_WEIGHTS
+once per process: on for inference rows, off for training rows). After warm-up, the
+blocks alternate: ours k steps, timm k steps, then timm first in the next round (ABBA),
+for --rounds rounds, so drift of this shared machine hits both alike. Each step is
+synchronous and timed alone; img/s is batch / the median step time over all rounds. The
+ratio column is ours/timm img/s; "round ratios" gives the smallest and largest ratio of
+per-round medians, a view of the noise. Two more views: "best step" compares the fastest
+step of each (the least disturbed by other processes), "CPU time" the median CPU seconds
+(all threads) per step, which other processes inflate far less than wall time (a thread
+spinning at a barrier still counts).
 
 `--variant NAME:key=value,...` adds further contestants, alternated in the same rounds,
 each with its ratio to timm:
-- UPPERCASE keys are environment variables of its process (e.g.
-  `frozen:TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` for inference rows);
+- UPPERCASE keys are environment variables of its process; they win over main.py's
+  per-mode settings (e.g. `unfrozen:TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0` for inference rows);
 - lowercase keys are options of our worker: `inter_op`, `intra_op`, `data_format`
   (NHWC/NCHW) and `precision` (float32, mixed_float16 as main.py's --amp, or
   mixed_bfloat16), or `worker=PATH`: run the script PATH (with this Python) instead of our
@@ -58,7 +62,13 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from utils import perf_env  # noqa: E402 (no TensorFlow import)
+from utils.errors import UserError  # noqa: E402
+
 DEFAULT_ROWS = ("train:16:224", "train:32:64", "infer:16:224", "infer:32:64")
+MAIN_MODES = {"train": "training_benchmark", "infer": "inference_benchmark"}
 PEER_SCRIPT = os.path.join(REPO, "benchmarks", "peer_timm.py")
 SETUP_PEER = os.path.join(REPO, "benchmarks", "setup_peer_env.sh")
 
@@ -221,6 +231,17 @@ class Contestant:
         self.log.close()
         if self.proc.returncode == 0:
             os.unlink(self.log.name)
+
+
+def worker_env(mode, env):
+    """The environment variables of one of our workers beyond the harness's own: `env` (the
+    variant's), plus what main.py sets for the row's mode."""
+    merged = {**os.environ, **env}
+    try:
+        perf_env.configure(MAIN_MODES[mode], merged)
+    except UserError as error:
+        raise SystemExit(f"bench_vs_timm: {error}") from None
+    return {k: v for k, v in merged.items() if k in env or os.environ.get(k) != v}
 
 
 def peer_python(args):
@@ -394,51 +415,30 @@ def main():
     args = parser.parse_args()
 
     if args.worker:
-        sys.path.insert(0, REPO)
         serve(OursWorker())
         return
     rows = args.rows or [parse_row(r) for r in DEFAULT_ROWS]
-    facts = machine_facts()
-    ours_argv = [sys.executable, "-m", "benchmarks.bench_vs_timm", "--worker", "ours"]
-    peer_env = {"OMP_NUM_THREADS": str(args.threads)}
-    if args.peer_omp_wait != "default":
-        peer_env["OMP_WAIT_POLICY"] = args.peer_omp_wait.upper()
     specs = [] if args.no_ours else [("ours", {}, {})]
     specs += args.variant
-    contestants = []
-    try:
-        peer_argv = None if args.no_peer else [peer_python(args), PEER_SCRIPT]
-        for name, env, options in specs:
-            if options.get("peer") == "1":
-                if peer_argv is None:
-                    parser.error(f"variant {name} is a timm variant: drop --no_peer")
-                contestants.append(Contestant(name, peer_argv, {**peer_env, **env}, options))
-                continue
-            argv = [sys.executable, options["worker"]] if "worker" in options else ours_argv
-            contestants.append(Contestant(name, argv, env, options))
-        if peer_argv:
-            contestants.append(Contestant("timm", peer_argv, peer_env))
-        if len(contestants) < 2:
-            parser.error("nothing to compare: give --variant with --no_ours or --no_peer")
-        for c in contestants:
-            hello = {"threads": args.threads}
-            if not c.is_peer:
-                if args.inter_op is not None:
-                    hello["inter_op"] = args.inter_op
-                for key in ("inter_op", "intra_op"):
-                    if key in c.options:
-                        hello[key] = int(c.options[key])
-            c.info = c.call("hello", **hello)
-            c.info["variant"] = {**c.env, **c.options}
-            print(f"{c.name}: {json.dumps(c.info)}", flush=True)
-        print(f"machine: {json.dumps(facts)}", flush=True)
-        results = []
-        for row in rows:
-            print(f"row {row[0]} batch {row[1]} @ {row[2]}:", flush=True)
-            results.append(bench_row(contestants, row, args))
-    finally:
-        for c in contestants:
-            c.close()
+    if len(specs) + (not args.no_peer) < 2:
+        parser.error("nothing to compare: give --variant with --no_ours or --no_peer")
+    if args.no_peer and any(options.get("peer") == "1" for _, _, options in specs):
+        parser.error("a timm variant (peer=1) needs timm: drop --no_peer")
+    facts = machine_facts()
+    peer_argv = None if args.no_peer else [peer_python(args), PEER_SCRIPT]
+    print(f"machine: {json.dumps(facts)}", flush=True)
+    results = []
+    for row in rows:
+        print(f"row {row[0]} batch {row[1]} @ {row[2]}:", flush=True)
+        contestants = []
+        try:
+            start_contestants(contestants, specs, row[0], args, peer_argv)
+            result = bench_row(contestants, row, args)
+        finally:
+            for c in contestants:
+                c.close()
+        result["workers"] = {c.name: c.info for c in contestants}
+        results.append(result)
     facts["loadavg_end"] = os.getloadavg()
     print(
         f"\nintra-op threads {args.threads} (both); medians of {args.rounds} rounds x "
@@ -447,12 +447,35 @@ def main():
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
-            info = {c.name: c.info for c in contestants}
-            json.dump(
-                {"args": sys.argv[1:], "machine": facts, "workers": info, "rows": results},
-                f,
-                indent=1,
-            )
+            json.dump({"args": sys.argv[1:], "machine": facts, "rows": results}, f, indent=1)
+
+
+def start_contestants(contestants, specs, mode, args, peer_argv):
+    """Starts the workers of one row into `contestants` (the caller closes them), ours with
+    main.py's environment for the row's mode, and says hello to each."""
+    ours_argv = [sys.executable, "-m", "benchmarks.bench_vs_timm", "--worker", "ours"]
+    peer_env = {"OMP_NUM_THREADS": str(args.threads)}
+    if args.peer_omp_wait != "default":
+        peer_env["OMP_WAIT_POLICY"] = args.peer_omp_wait.upper()
+    for name, env, options in specs:
+        if options.get("peer") == "1":
+            contestants.append(Contestant(name, peer_argv, {**peer_env, **env}, options))
+            continue
+        argv = [sys.executable, options["worker"]] if "worker" in options else ours_argv
+        contestants.append(Contestant(name, argv, worker_env(mode, env), options))
+    if peer_argv:
+        contestants.append(Contestant("timm", peer_argv, peer_env))
+    for c in contestants:
+        hello = {"threads": args.threads}
+        if not c.is_peer:
+            if args.inter_op is not None:
+                hello["inter_op"] = args.inter_op
+            for key in ("inter_op", "intra_op"):
+                if key in c.options:
+                    hello[key] = int(c.options[key])
+        c.info = c.call("hello", **hello)
+        c.info["variant"] = {**c.env, **c.options}
+        print(f"  {c.name}: {json.dumps(c.info)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from runtime.evaluation import make_predict_fn
 from utils.errors import UserError
 from utils.image_processing import resize_and_central_crop
 
@@ -51,11 +52,12 @@ def class_names(num_classes):
 
 def predict(model, paths, image_size, batch_size, num_classes):
     names = class_names(num_classes)
+    predict_fn = make_predict_fn(model, xla=False)  # a tf.function: see utils/perf_env.py
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         images = tf.stack([load_image(p, image_size) for p in chunk])
-        probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()
+        probabilities = tf.nn.softmax(tf.cast(predict_fn(images), tf.float32)).numpy()
         for path, probs in zip(chunk, probabilities):
             top = np.argsort(-probs)[:5]
             results.append(
