@@ -143,16 +143,16 @@ def _rank_pid(tag, rank):
 
 def _single_process_evaluation(model_dir, data_dir):
     """evaluate() of the checkpoint in this (single) process, as `--mode evaluate` runs it."""
-    from argparse import Namespace
-
-    from model import build_model
-    from runtime import checkpoints, evaluation, inputs
+    from runtime import checkpoints, evaluation, inputs, runner
+    from utils.cmdline_helper import parse_cmdline
     from utils.hvd_utils import SingleProcess
 
-    config = {"arch": "resnet50", "num_classes": 10, "use_final_conv": False}
-    model = build_model("resnet50", num_classes=10)
-    checkpoints.restore_model_only(model, str(model_dir), config)
-    args = Namespace(data_dir=data_dir, batch_size=16, image_size=32)
+    args = parse_cmdline(
+        ["--arch", "resnet50", "--mode", "evaluate", "--batch_size", "16", "--data_dir",
+         str(data_dir), "--image_size", "32", "--num_classes", "10"]
+    )  # fmt: skip
+    model = runner._build(args)
+    checkpoints.restore_model_only(model, str(model_dir), checkpoints.model_config(args))
     dist = SingleProcess()
     return evaluation.evaluate(model, inputs.evaluation_dataset(args, dist), dist, False)
 
