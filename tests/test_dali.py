@@ -5,7 +5,6 @@ DALI runs here with device_id=None under tf.device('/cpu:0') (no GPU on this mac
 
 import collections
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from model.resnet import IMAGENET_MEAN, IMAGENET_STD
+from tests.support import logged_values, run_main
 from utils import dali_index, dali_utils, data_utils, sample_data
 from utils.errors import UserError
 
@@ -353,56 +353,31 @@ def test_index_script_usage_errors(tmp_path):
 # main.py --dali, end to end
 
 
-def _run_main(*argv):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "main.py"), *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-        env=env,
-    )
-    assert proc.returncode == 0, f"main.py failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _last_logged(results_dir, key):
-    values = []
-    with open(os.path.join(results_dir, "log.json")) as log:
-        lines = log.read().splitlines()
-    for line in lines:
-        data = json.loads(line[len("DLLL ") :]).get("data", {})
-        if key in data:
-            values.append(data[key])
-    return values
-
-
 def test_train_and_evaluate_with_dali_learns_and_normalizes_once(data_dir, idx_dir, tmp_path):
     """Training and evaluation through DALI learn the sample data; the checkpoint evaluated
     through tf.data (raw pixels, the model normalises) scores the same, and the export
     takes raw pixels: so the images are normalised exactly once on every path."""
     small = ["--arch", "resnet50", "--num_classes", "10", "--image_size", "32"]
     results, export = str(tmp_path / "results"), str(tmp_path / "export")
-    _run_main(
+    run_main(
         *small, "--mode", "train_and_evaluate", "--dali", "--data_dir", data_dir,
         "--data_idx_dir", idx_dir, "--batch_size", "16", "--num_iter", "4",
         "--iter_unit", "epoch", "--lr_init", "0.1", "--lr_warmup_epochs", "1", "--cosine_lr",
         "--label_smoothing", "0.1", "--weight_init", "fan_in", "--display_every", "5",
         "--seed", "1", "--results_dir", results, "--export_dir", export,
     )  # fmt: skip
-    losses = _last_logged(results, "cross_entropy")
+    losses = logged_values(results, "cross_entropy")
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
-    dali_top1 = _last_logged(results, "top1_accuracy")[-1]
-    assert _last_logged(results, "eval_images")[-1] == 200
+    dali_top1 = logged_values(results, "top1_accuracy")[-1]
+    assert logged_values(results, "eval_images")[-1] == 200
     assert dali_top1 > 0.3, f"top-1 {dali_top1} through DALI is not clearly above chance (0.1)"
 
     tf_data = str(tmp_path / "eval_tf_data")
-    _run_main(
+    run_main(
         *small, "--mode", "evaluate", "--data_dir", data_dir, "--batch_size", "50",
         "--model_dir", results, "--results_dir", tf_data,
     )  # fmt: skip
-    tf_data_top1 = _last_logged(tf_data, "top1_accuracy")[-1]
+    tf_data_top1 = logged_values(tf_data, "top1_accuracy")[-1]
     print(f"\ntop-1 through DALI {dali_top1:.3f}, the same checkpoint through tf.data "
           f"{tf_data_top1:.3f}")  # fmt: skip
     assert abs(tf_data_top1 - dali_top1) <= 0.02  # resize rounding may flip an image or four

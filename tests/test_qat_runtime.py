@@ -4,9 +4,6 @@ model, evaluating and exporting it, refusing float/QAT mix-ups, AMP with QDQ ops
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,63 +13,19 @@ import main
 from model import build_model
 from model import quantization as qat
 from runtime import checkpoints, runner
+from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types, run_main
+from tests.support import logged_values as logged
 from utils import data_utils
 from utils.cmdline_helper import parse_cmdline
 from utils.sample_data import ensure_sample_data
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]
-FAKE_QUANT_OPS = {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"}
-QDQ_OPS = {"QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"}
 QAT_EPOCHS = 2
-
-
-def run_main(*argv, check=True):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"main.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def logged(results_dir, key):
-    values = []
-    for line in Path(results_dir, "log.json").read_text().splitlines():
-        record = json.loads(line[len("DLLL ") :])
-        if record["type"] == "LOG" and key in record.get("data", {}):
-            values.append(record["data"][key])
-    return values
 
 
 def checkpoint_value(model_dir, name):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
     return int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
-
-
-def reachable_op_types(graph_def):
-    """Op types of a GraphDef's nodes and of the library functions they call."""
-    library = {f.signature.name: f for f in graph_def.library.function}
-    types, seen = set(), set()
-
-    def visit(nodes):
-        for node in nodes:
-            types.add(node.op)
-            names = [node.op] if node.op in library else []
-            names += [attr.func.name for attr in node.attr.values() if attr.func.name]
-            for name in names:
-                if name in library and name not in seen:
-                    seen.add(name)
-                    visit(library[name].node_def)
-
-    visit(graph_def.node)
-    return types
 
 
 def main_in_process(argv, capsys):

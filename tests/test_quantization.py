@@ -10,14 +10,13 @@ from model import quantization as qat
 from model.blocks import LayerFactory, squeeze_excitation
 from model.layers.grouped_conv import GroupedConv2D
 from runtime.export import export_saved_model
+from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types
 from utils import data_utils
 from utils.losses import cross_entropy
 from utils.optimizers import MomentumSGD
 from utils.sample_data import ensure_sample_data
 
 SIZE, CLASSES, BATCH = 32, 10, 4
-FAKE_QUANT_OPS = {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"}
-QDQ_OPS = {"QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"}
 
 
 def resnet50():
@@ -26,28 +25,6 @@ def resnet50():
 
 def images(seed=0, batch=BATCH):
     return tf.random.stateless_uniform([batch, SIZE, SIZE, 3], [seed, 1], 0.0, 255.0)
-
-
-def reachable_op_types(graph_def):
-    """Op types of a GraphDef's nodes and of every library function they (transitively) call."""
-    library = {f.signature.name: f for f in graph_def.library.function}
-    types, seen = set(), set()
-
-    def visit(nodes):
-        for node in nodes:
-            types.add(node.op)
-            names = [node.op] if node.op in library else []
-            for attr in node.attr.values():
-                if attr.func.name:
-                    names.append(attr.func.name)
-                names.extend(f.name for f in attr.list.func)
-            for name in names:
-                if name in library and name not in seen:
-                    seen.add(name)
-                    visit(library[name].node_def)
-
-    visit(graph_def.node)
-    return types
 
 
 def traced(model, training):

@@ -1,7 +1,6 @@
 """End-to-end modes of main.py on the real sample data and on synthetic data (CPU, small)."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.support import run_main
 from utils.sample_data import ensure_sample_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,21 +23,6 @@ LOG_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "step", "data"}
 @pytest.fixture(scope="module")
 def sample_data():
     return ensure_sample_data()
-
-
-def run_main(*argv, timeout=600, check=True):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"main.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def read_log(results_dir, name="log.json"):
