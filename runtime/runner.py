@@ -26,7 +26,7 @@ from runtime import checkpoints, environment, evaluation, inputs
 from runtime.export import export_saved_model
 from runtime.predict import list_images, predict, print_predictions, write_predictions
 from runtime.training import Trainer
-from utils import data_utils, hvd_utils
+from utils import data_utils, hvd_utils, launcher
 from utils.dllogger_compat import Logger
 from utils.errors import UserError
 from utils.learning_rate import WarmupDecaySchedule
@@ -287,9 +287,9 @@ MODES = {
 
 def _join_processes(args):
     """The process group for this run, or None for a process that has nothing to do."""
-    launched = hvd_utils.launched_world_size()
+    launched = launcher.launched_world_size()
     if args.mode in SINGLE_PROCESS_MODES and launched > 1:
-        if hvd_utils.launched_rank() != 0:
+        if launcher.launched_rank() != 0:
             return None
         print(
             f"--mode {args.mode} runs on one process: rank 0 runs it, the other "

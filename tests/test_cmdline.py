@@ -184,3 +184,14 @@ def test_bad_command_lines_exit_2_with_one_line_naming_the_flag(argv, flag):
     assert lines[0].startswith("main.py: error:")
     assert flag in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("rank", "says"), [("0", True), ("1", False)])
+def test_under_a_launcher_only_rank_0_reports_a_usage_error(monkeypatch, capsys, rank, says):
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", rank)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_cmdline(["--mode", "train"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert ("main.py: error:" in err) is says

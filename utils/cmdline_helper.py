@@ -6,6 +6,8 @@ cannot work; every problem exits through argparse with one line naming the flag.
 
 import argparse
 
+from utils.launcher import launched_rank
+
 ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
 MODES = (
     "train",
@@ -267,7 +269,9 @@ class _Parser(argparse.ArgumentParser):
     """Reports a usage error as one line (no usage dump) and exits with status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # Under a launcher every process parses the same command line: one says it.
+        text = f"{self.prog}: error: {message} (see {self.prog} --help)\n"
+        self.exit(2, text if launched_rank() == 0 else None)
 
 
 def build_parser():

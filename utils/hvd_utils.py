@@ -42,31 +42,12 @@ import numpy as np
 import tensorflow as tf
 
 from utils.errors import UserError
-
-# Environment variables by which launchers announce the world size, the rank and the rank
-# on this host: Open MPI, horovodrun (Gloo), MPICH/Intel MPI (PMI), PMIx, Slurm's srun.
-_WORLD_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "HOROVOD_SIZE", "PMI_SIZE", "PMIX_SIZE")
-_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "PMI_RANK", "PMIX_RANK")
+from utils.launcher import launched_world_size
 
 TIMEOUT_VAR = "RNXT_HOROVOD_TIMEOUT"
 DEFAULT_TIMEOUT = 1800.0
 FIRST_STEP_FACTOR = 10
 EXIT_FAILED = 1
-
-
-def _env_int(names, default):
-    for name in names:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return default
-
-
-def launched_world_size():
-    return _env_int(_WORLD_SIZE_VARS, 1)
-
-
-def launched_rank():
-    return _env_int(_RANK_VARS, 0)
 
 
 def collective_timeout():
