@@ -115,10 +115,3 @@ def inference_dataset(args):
     return data_utils.synthetic_dataset(
         args.batch_size, args.synthetic_data_size, args.num_classes, seed=args.seed
     )
-
-
-def check_dali(args):
-    """--dali where it cannot apply is a UserError (the parser already asks for --data_dir
-    and --data_idx_dir with it)."""
-    if args.dali and args.mode == "predict":
-        raise UserError("--dali reads TFRecords, --mode predict reads image files: drop --dali")

@@ -310,7 +310,6 @@ def run(args):
 
 def _run(args, dist):
     with dist.agree_on_errors():
-        inputs.check_dali(args)
         environment.configure_devices(dist, args.gpu_id, args.dali, args.gpu_memory_fraction)
         environment.configure_precision(args.amp, warn=dist.is_chief)
         seed = environment.configure_seed(args.seed, dist.rank)

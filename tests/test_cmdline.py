@@ -153,6 +153,10 @@ BAD_COMMAND_LINES = [
     (["--batch_size", "8", "--mode", "predict"], "--to_predict"),
     (["--batch_size", "8", "--mode", "train", "--data_dir", "/d", "--dali"], "--data_idx_dir"),
     (
+        ["--batch_size", "8", "--mode", "predict", "--to_predict", "x.jpg", "--dali"],
+        "--mode predict",
+    ),
+    (
         ["--batch_size", "8", "--mode", "training_benchmark", "--num_iter", "50"],
         "--warmup_steps",
     ),

@@ -293,6 +293,8 @@ def _check_combinations(parser, args):
         parser.error("--mode predict needs --to_predict (an image file or a directory of images)")
     if args.to_predict and args.mode != "predict":
         parser.error("--to_predict is only used with --mode predict")
+    if args.dali and args.mode == "predict":
+        parser.error("--dali reads TFRecords, --mode predict reads image files: drop --dali")
     if args.dali and not args.data_idx_dir:
         parser.error("--dali needs --data_idx_dir (make the index with utils/dali_index.sh)")
     if args.dali and not args.data_dir:
