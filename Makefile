@@ -13,7 +13,7 @@ DEMO_DIR := results/demo
 demo: setup
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) main.py --arch resnext101-32x4d --mode train_and_evaluate \
-		--data_dir "$$($(PYTHON) -m utils.sample_data)" --num_classes 10 --image_size 32 \
+		--data_dir "$$($(PYTHON) -m utils.tools.sample_data)" --num_classes 10 --image_size 32 \
 		--batch_size 16 --num_iter 5 --iter_unit epoch --lr_init 0.1 --lr_warmup_epochs 1 \
 		--cosine_lr --label_smoothing 0.1 --momentum 0.875 --weight_init fan_in \
 		--weight_decay 6.103515625e-05 --display_every 10 --seed 1 --results_dir $(DEMO_DIR)

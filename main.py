@@ -7,9 +7,9 @@ User errors end with one line on stderr and a non-zero exit, never a traceback.
 import os
 import sys
 
-from utils import perf_env
 from utils.cmdline_helper import parse_cmdline
-from utils.errors import UserError
+from utils.core import perf_env
+from utils.core.errors import UserError
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """Throughput of the DALI input pipelines against the tf.data ones, at 224x224 on this CPU.
 
 Uses the ImageNet-like JPEGs of benchmarks/bench_input_pipeline.py (500x375 / 375x500,
-about ImageNet's file size), converted with utils/build_tfrecords.py and indexed with
-utils/dali_index.py. Times the training pipelines (random crop, flip, resize; DALI also
+about ImageNet's file size), converted with utils/tools/build_tfrecords.py and indexed with
+utils/tools/dali_index.py. Times the training pipelines (random crop, flip, resize; DALI also
 normalises) and the evaluation pipelines (resize, central crop) with no model attached.
 DALI and tf.data runs alternate, so load changes on this shared machine hit both alike;
 each row is the median of the runs (min and max beside it).
@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.bench_input_pipeline import NUM_IMAGES, make_images, time_pipeline
-from utils import build_tfrecords, dali_index, dali_utils, data_utils
+from utils import dali_utils, data_utils
+from utils.tools import build_tfrecords, dali_index
 
 REFERENCE = "DALI 460-500, tf.data 170-360"
 

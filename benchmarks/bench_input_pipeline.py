@@ -1,6 +1,6 @@
 """Throughput of the tf.data input pipeline at 224x224 on this machine.
 
-Builds an ImageNet-like TFRecord set with utils/build_tfrecords.py from the two real
+Builds an ImageNet-like TFRecord set with utils/tools/build_tfrecords.py from the two real
 photos scikit-learn ships (china.jpg, flower.jpg), cut into varied 500x375 / 375x500
 JPEGs of about ImageNet's size and quality, then times the training pipeline (crop,
 flip, resize) and the evaluation pipeline (resize 256, central crop). Each row is the
@@ -22,7 +22,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from utils import build_tfrecords, data_utils
+from utils import data_utils
+from utils.tools import build_tfrecords
 
 REFERENCE = "170-360"
 NUM_IMAGES = 256

@@ -5,7 +5,7 @@
 Times the same compiled training step and inference function that `main.py` runs, on one
 synthetic batch, after warm-up; prints the median of --repeats timed steps per cell.
 Inference here runs in the training process, so without the oneDNN frozen weights that
-main.py's inference modes use (utils/perf_env.py): `benchmarks/bench_vs_timm.py` measures
+main.py's inference modes use (utils/core/perf_env.py): `benchmarks/bench_vs_timm.py` measures
 inference as main.py runs it.
 """
 
@@ -18,7 +18,8 @@ import tensorflow as tf
 from model import ARCHITECTURES, build_model
 from runtime.evaluation import make_predict_fn
 from runtime.training import make_train_step
-from utils.hvd_utils import SingleProcess
+from utils.core.tf_compat import keras
+from utils.distributed import SingleProcess
 from utils.optimizers import build_optimizer
 
 
@@ -34,7 +35,7 @@ def _median_time(fn, warmup, repeats):
 
 
 def bench_arch(arch, batch_size, image_size, amp, warmup, repeats, data_format):
-    tf.keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
+    keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
     model = build_model(arch, num_classes=1000, data_format=data_format)
     optimizer = build_optimizer(0.01, 0.9, amp, -1)
     step = make_train_step(model, optimizer, SingleProcess(), 1e-4, amp, xla=False)

@@ -8,7 +8,7 @@ In one run, at the same batch, image size and intra-op thread count, it times:
 - ours: the compiled training step and inference function that `main.py` runs
   (`runtime.training.make_train_step`: cross-entropy + L2 weight decay, MomentumSGD;
   `runtime.evaluation.make_predict_fn`), float32, no XLA, with the environment main.py
-  sets for --mode training_benchmark / inference_benchmark (`utils/perf_env.py`: oneDNN's
+  sets for --mode training_benchmark / inference_benchmark (`utils/core/perf_env.py`: oneDNN's
   frozen weights for inference only);
 - timm's `resnext101_32x4d` (`benchmarks/peer_timm.py`, in the peer venv that
   `benchmarks/setup_peer_env.sh` makes, or --peer_python): forward, cross-entropy,
@@ -64,8 +64,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from utils import perf_env  # noqa: E402 (no TensorFlow import)
-from utils.errors import UserError  # noqa: E402
+from utils.core import perf_env  # noqa: E402 (no TensorFlow import)
+from utils.core.errors import UserError  # noqa: E402
 
 DEFAULT_ROWS = ("train:16:224", "train:32:64", "infer:16:224", "infer:32:64")
 MAIN_MODES = {"train": "training_benchmark", "infer": "inference_benchmark"}
@@ -113,17 +113,18 @@ class OursWorker:
         from model import build_model
         from runtime.evaluation import make_predict_fn
         from runtime.training import make_train_step
-        from utils.hvd_utils import SingleProcess
+        from utils.core.tf_compat import keras
+        from utils.distributed import SingleProcess
         from utils.optimizers import build_optimizer
 
         self.step = None
-        tf.keras.backend.clear_session()
+        keras.backend.clear_session()
         gc.collect()
-        tf.keras.utils.set_random_seed(seed)
+        keras.utils.set_random_seed(seed)
         # "mixed_float16" is main.py's --amp (with dynamic loss scaling); "mixed_bfloat16"
         # has no main.py flag: measured here for CPUs with bfloat16 instructions.
         amp = precision == "mixed_float16"
-        tf.keras.mixed_precision.set_global_policy(precision)
+        keras.mixed_precision.set_global_policy(precision)
         model = build_model("resnext101-32x4d", num_classes=1000, data_format=data_format)
         images = tf.random.uniform([batch, size, size, 3], 0, 255)
         targets = tf.one_hot(tf.random.uniform([batch], 0, 1000, tf.int32), 1000)

@@ -4,9 +4,8 @@ Every builder takes a `LayerFactory` that carries the settings shared by the who
 network (data format, initializer), so the blocks only state what differs.
 """
 
-import tensorflow as tf
-
 from model.layers.grouped_conv import GroupedConv2D
+from utils.core.tf_compat import keras
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -21,7 +20,7 @@ class LayerFactory:
         self.channel_axis = -1 if data_format == "channels_last" else 1
 
     def initializer(self):
-        return tf.keras.initializers.VarianceScaling(
+        return keras.initializers.VarianceScaling(
             scale=2.0, mode=self.weight_init, distribution="truncated_normal"
         )
 
@@ -36,7 +35,7 @@ class LayerFactory:
                 kernel_initializer=self.initializer(),
                 name=name,
             )
-        return tf.keras.layers.Conv2D(
+        return keras.layers.Conv2D(
             filters,
             kernel_size,
             strides=strides,
@@ -48,12 +47,12 @@ class LayerFactory:
         )
 
     def batch_norm(self, name):
-        return tf.keras.layers.BatchNormalization(
+        return keras.layers.BatchNormalization(
             axis=self.channel_axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
         )
 
     def dense(self, units, name, kernel_initializer=None):
-        return tf.keras.layers.Dense(
+        return keras.layers.Dense(
             units,
             kernel_initializer=kernel_initializer or self.initializer(),
             bias_initializer="zeros",
@@ -66,7 +65,7 @@ def conv_bn(x, f, filters, kernel_size, name, strides=1, groups=1, relu=True):
     x = f.conv(filters, kernel_size, strides, groups, name=f"{name}_conv")(x)
     x = f.batch_norm(name=f"{name}_bn")(x)
     if relu:
-        x = tf.keras.layers.ReLU(name=f"{name}_relu")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
 
 
@@ -74,13 +73,13 @@ def squeeze_excitation(x, f, ratio, name):
     """Scale channels by sigmoid(dense(relu(dense(mean(x))))), the SE-Net gate."""
     channels = x.shape[f.channel_axis]
     gate_shape = (1, 1, channels) if f.data_format == "channels_last" else (channels, 1, 1)
-    s = tf.keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name=f"{name}_pool")(x)
+    s = keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name=f"{name}_pool")(x)
     s = f.dense(channels // ratio, name=f"{name}_reduce")(s)
-    s = tf.keras.layers.ReLU(name=f"{name}_relu")(s)
+    s = keras.layers.ReLU(name=f"{name}_relu")(s)
     s = f.dense(channels, name=f"{name}_expand")(s)
-    s = tf.keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(s)
-    s = tf.keras.layers.Reshape(gate_shape, name=f"{name}_gate")(s)
-    return tf.keras.layers.Multiply(name=f"{name}_scale")([x, s])
+    s = keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(s)
+    s = keras.layers.Reshape(gate_shape, name=f"{name}_gate")(s)
+    return keras.layers.Multiply(name=f"{name}_scale")([x, s])
 
 
 def bottleneck(x, f, width, out_channels, strides, groups, se_ratio, project, name):
@@ -99,5 +98,5 @@ def bottleneck(x, f, width, out_channels, strides, groups, se_ratio, project, na
     x = conv_bn(x, f, out_channels, 1, relu=False, name=f"{name}_1x1_expand")
     if se_ratio:
         x = squeeze_excitation(x, f, se_ratio, name=f"{name}_se")
-    x = tf.keras.layers.Add(name=f"{name}_add")([x, shortcut])
-    return tf.keras.layers.ReLU(name=f"{name}_out")(x)
+    x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(x)

@@ -67,12 +67,13 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from model.layers.grouped_conv import GroupedConv2D
+from utils.core.tf_compat import keras
 
 NUM_BITS = 8
 EMA_DECAY = 0.999
 INIT_RANGE = 6.0  # input range before the first training batch, as TFMOT and contrib.quantize
 _EPS = 1e-8  # smallest quantization range, so an all-zero tensor or channel stays finite
-QUANTIZED_LAYERS = (tf.keras.layers.Conv2D, tf.keras.layers.Dense, GroupedConv2D)
+QUANTIZED_LAYERS = (keras.layers.Conv2D, keras.layers.Dense, GroupedConv2D)
 WEIGHT_ATTRS = ("kernel",)  # quantized weights; other weights (bias) stay float
 FLOAT_ATTRS = ("bias",)  # unquantized weights the wrapped layer's call reads
 _PACKAGE = "resnext_qat"
@@ -157,7 +158,7 @@ def _straight_through(x, quantize, low=None, high=None):
 # Quantizers (tfmot Quantizer interface)
 
 
-@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+@keras.utils.register_keras_serializable(package=_PACKAGE)
 class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     """Per-output-channel (last axis) 8-bit quantizer with the kernel's own min/max.
 
@@ -198,7 +199,7 @@ class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return {"symmetric": self.symmetric, "use_qdq": self.use_qdq}
 
 
-@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+@keras.utils.register_keras_serializable(package=_PACKAGE)
 class ActivationQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     """Per-tensor 8-bit quantizer with a moving-average min/max range.
 
@@ -223,7 +224,7 @@ class ActivationQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
                 f"{name}_{suffix}",
                 shape=(),
                 dtype=dtype,
-                initializer=tf.keras.initializers.Constant(value),
+                initializer=keras.initializers.Constant(value),
                 trainable=False,
             )
 
@@ -279,7 +280,7 @@ class ActivationQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 # Per-layer configuration (tfmot QuantizeConfig interface) and the wrapper
 
 
-@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+@keras.utils.register_keras_serializable(package=_PACKAGE)
 class ConvDenseQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     """Conv2D / GroupedConv2D / Dense: input per tensor, kernel per output channel.
 
@@ -347,7 +348,7 @@ def _swapped(layer, values):
             object.__setattr__(layer, name, value)
 
 
-@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+@keras.utils.register_keras_serializable(package=_PACKAGE)
 class QATWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
     """Fake-quantizes a layer's input and kernel, then runs the layer's own `call`.
 
@@ -367,7 +368,7 @@ class QATWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
         self.quant_delay = int(quant_delay)
 
     def build(self, input_shape):
-        tf.keras.layers.Wrapper.build(self, input_shape)
+        keras.layers.Wrapper.build(self, input_shape)
         self._weight_vars = []
         for weight, quantizer in self.quantize_config.get_weights_and_quantizers(self.layer):
             name = self._weight_name(weight.name)
@@ -428,7 +429,7 @@ class QATWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
     @tf.autograph.experimental.do_not_convert
     def call(self, inputs, training=None):
         if training is None:
-            training = tf.keras.backend.learning_phase()
+            training = keras.backend.learning_phase()
         if isinstance(training, (bool, int)):
             return self._call(inputs, bool(training))
         return tf.cond(
@@ -550,7 +551,7 @@ def quantize_model(model, symmetric=False, use_qdq=False, quant_delay=0, ema_dec
             return QATWrapper(_clone_layer(layer), config, step=step, quant_delay=quant_delay)
         return _clone_layer(layer)
 
-    qat = tf.keras.models.clone_model(model, clone_function=clone)
+    qat = keras.models.clone_model(model, clone_function=clone)
     if not qat_layers(qat):
         raise ValueError(f"model {model.name} has no Conv2D, GroupedConv2D or Dense layer")
     qat.quant_step = step.variable  # tracked: in model.variables and in checkpoints

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from model.blocks import LayerFactory, bottleneck, conv_bn
 from model.layers.pooling import MaxPool2D
+from utils.core.tf_compat import keras
 
 IMAGENET_MEAN = (123.68, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.120, 57.385)
@@ -52,10 +53,10 @@ def _stem(x, f):
 
 def _head(x, f, num_classes, use_final_conv):
     if use_final_conv:
-        x = tf.keras.layers.GlobalAveragePooling2D(
+        x = keras.layers.GlobalAveragePooling2D(
             data_format=f.data_format, keepdims=True, name="avg_pool"
         )(x)
-        x = tf.keras.layers.Conv2D(
+        x = keras.layers.Conv2D(
             num_classes,
             1,
             use_bias=True,
@@ -63,11 +64,11 @@ def _head(x, f, num_classes, use_final_conv):
             kernel_initializer=f.initializer(),
             name="logits_conv",
         )(x)
-        x = tf.keras.layers.Flatten(data_format=f.data_format, name="logits_flatten")(x)
+        x = keras.layers.Flatten(data_format=f.data_format, name="logits_flatten")(x)
     else:
-        x = tf.keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name="avg_pool")(x)
         x = f.dense(num_classes, name="logits_dense")(x)
-    return tf.keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.layers.Activation("linear", dtype="float32", name="logits")(x)
 
 
 def build_model(
@@ -83,7 +84,7 @@ def build_model(
 
     `normalize_input=False` is for pipelines that already normalise (DALI).
     `image_size` fixes H and W in the input signature; None accepts any size.
-    The current `tf.keras.mixed_precision` global policy sets the compute dtype.
+    The current `keras.mixed_precision` global policy sets the compute dtype.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")
@@ -92,12 +93,12 @@ def build_model(
     spec = ARCHITECTURES[arch]
     f = LayerFactory(DATA_FORMATS[data_format], weight_init)
 
-    inputs = tf.keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
     x = inputs
     if normalize_input:
-        x = tf.keras.layers.Lambda(normalize_images, name="normalize")(x)
+        x = keras.layers.Lambda(normalize_images, name="normalize")(x)
     if data_format == "NCHW":
-        x = tf.keras.layers.Permute((3, 1, 2), name="to_nchw")(x)
+        x = keras.layers.Permute((3, 1, 2), name="to_nchw")(x)
 
     x = _stem(x, f)
     for stage, (blocks, width) in enumerate(zip(spec.blocks, spec.widths), start=1):
@@ -114,4 +115,4 @@ def build_model(
                 name=f"stage{stage}_block{block + 1}",
             )
     logits = _head(x, f, num_classes, use_final_conv)
-    return tf.keras.Model(inputs, logits, name=arch.replace("-", "_"))
+    return keras.Model(inputs, logits, name=arch.replace("-", "_"))

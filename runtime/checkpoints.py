@@ -16,7 +16,7 @@ import tempfile
 import tensorflow as tf
 
 from model import quantization
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5

@@ -13,7 +13,8 @@ import sys
 
 import tensorflow as tf
 
-from utils.errors import UserError
+from utils.core.errors import UserError
+from utils.core.tf_compat import keras
 
 
 def gpu_total_memory_mb(ordinal):
@@ -71,7 +72,7 @@ def configure_devices(dist, gpu_id, dali=False, memory_fraction=1.0):
 
 
 def configure_precision(amp, warn=True):
-    tf.keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
+    keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
     if amp and warn and not tf.config.list_physical_devices("GPU"):
         print(
             "warning: --amp without a GPU: CPUs have no fast float16 convolutions, so this "
@@ -86,7 +87,7 @@ def configure_seed(seed, rank):
     if seed is None:
         return None
     rank_seed = seed + rank
-    tf.keras.utils.set_random_seed(rank_seed)
+    keras.utils.set_random_seed(rank_seed)
     tf.config.experimental.enable_op_determinism()
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
     return rank_seed

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from utils.progress import Progress
+from utils.logs.progress import Progress
 
 
 def make_predict_fn(model, xla):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from utils import data_utils
-from utils.errors import UserError
+from utils.core.errors import UserError
 from utils.losses import mixup, smoothed_one_hot
 
 

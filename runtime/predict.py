@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from runtime.evaluation import make_predict_fn
-from utils.errors import UserError
+from utils.core.errors import UserError
 from utils.image_processing import resize_and_central_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -52,7 +52,7 @@ def class_names(num_classes):
 
 def predict(model, paths, image_size, batch_size, num_classes):
     names = class_names(num_classes)
-    predict_fn = make_predict_fn(model, xla=False)  # a tf.function: see utils/perf_env.py
+    predict_fn = make_predict_fn(model, xla=False)  # a tf.function: see utils/core/perf_env.py
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

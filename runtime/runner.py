@@ -1,35 +1,29 @@
 """The six modes of `main.py`: train, train_and_evaluate, evaluate, predict and the two
 benchmarks. `run(args)` sets up the process, then calls the mode's function.
 
-Under a launcher (mpiexec, horovodrun) with several processes, `utils/hvd_utils.py` joins
+Under a launcher (mpiexec, horovodrun) with several processes, `utils/distributed.py` joins
 them with Horovod: rank 0 alone restores checkpoints, logs, writes TensorBoard, checkpoints
 and exports; the model, optimizer and loss-scale state are broadcast from it, so every rank
 starts from rank 0's step and weights even if only rank 0 sees the checkpoint files.
 Phases whose errors may differ between ranks end at `dist.agree_on_errors()`, so a mistake
 on any rank ends the whole job with one line. `inference_benchmark` and `predict` run on
 rank 0 alone; the other processes exit at once, without starting Horovod.
-
-Test hook: with RNXT_DUMP_WEIGHTS=<dir>, every rank saves its model and optimizer variables
-to <dir>/rank<N>.npz when training ends, so tests can compare the ranks' weights. Trainable
-weights and optimizer state are identical on all ranks; batch-norm moving statistics (and
-QAT input ranges) are each rank's own until rank 0's are broadcast after training.
 """
 
 import functools
-import os
 import sys
-
-import numpy as np
 
 from model import build_model, quantization
 from runtime import checkpoints, environment, evaluation, inputs
 from runtime.export import export_saved_model
 from runtime.predict import list_images, predict, print_predictions, write_predictions
 from runtime.training import Trainer
-from utils import data_utils, hvd_utils, launcher
-from utils.dllogger_compat import Logger
-from utils.errors import UserError
+from utils import data_utils, distributed
+from utils.core import tf_compat
+from utils.core.errors import UserError
+from utils.distributed import launcher
 from utils.learning_rate import WarmupDecaySchedule
+from utils.logs.dllogger_compat import Logger
 from utils.optimizers import build_optimizer
 
 METRIC_UNITS = {
@@ -49,7 +43,6 @@ METRIC_UNITS = {
 }
 
 SINGLE_PROCESS_MODES = ("inference_benchmark", "predict")
-DUMP_WEIGHTS_VAR = "RNXT_DUMP_WEIGHTS"
 
 
 def _build(args, config=None):
@@ -101,7 +94,7 @@ def optimizer_state(optimizer):
     Every rank must hold the same values: gradients are averaged while still scaled."""
     state = list(optimizer.variables)
     if getattr(optimizer, "dynamic", False):
-        state += [optimizer._loss_scale.current_loss_scale, optimizer.dynamic_counter]
+        state += tf_compat.loss_scale_state(optimizer)
     return state
 
 
@@ -119,16 +112,6 @@ def _restore(args, dist, keeper, model, optimizer):
             functools.partial(_build, args),
             log=functools.partial(_say, dist),
         )
-
-
-def _dump_weights(dist, variables):
-    """The RNXT_DUMP_WEIGHTS test hook (see the module docstring)."""
-    directory = os.environ.get(DUMP_WEIGHTS_VAR)
-    if not directory:
-        return
-    os.makedirs(directory, exist_ok=True)
-    arrays = {f"{i:04d} {v.name.replace('/', '|')}": v.numpy() for i, v in enumerate(variables)}
-    np.savez(os.path.join(directory, f"rank{dist.rank}.npz"), **arrays)
 
 
 def _train(args, dist, logger, seed, benchmark=False):
@@ -185,7 +168,6 @@ def _train(args, dist, logger, seed, benchmark=False):
     throughput = {k: v for k, v in result.items() if k.startswith("train_")}
     if throughput:
         logger.log((), throughput)
-    _dump_weights(dist, model.variables + state)
     # Batch-norm moving statistics are each rank's own (as in the original, without a
     # synchronised batch norm); rank 0's are the ones saved. Evaluate and export that model.
     dist.broadcast_variables(model.non_trainable_variables)
@@ -296,8 +278,8 @@ def _join_processes(args):
             f"{launched - 1} process(es) exit now",
             flush=True,
         )
-        return hvd_utils.SingleProcess()
-    return hvd_utils.init()
+        return distributed.SingleProcess()
+    return distributed.init()
 
 
 def run(args):

@@ -21,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 
 from model import quantization
-from utils import hvd_utils
-from utils.errors import UserError
+from utils import distributed
+from utils.core.errors import UserError
+from utils.logs.progress import Progress
 from utils.losses import cross_entropy, decayed_variables, l2_loss
-from utils.progress import Progress
 
 CHECKPOINT_EVERY = 1000
 
@@ -176,7 +176,7 @@ class Trainer:
                     break
                 step = start + i + 1
                 t0 = time.perf_counter()
-                factor = hvd_utils.FIRST_STEP_FACTOR if i == 0 else 1  # compiles
+                factor = distributed.FIRST_STEP_FACTOR if i == 0 else 1  # compiles
                 with dist.watch(f"training step {step}", factor):
                     images, targets = targets_fn(*batch, tf.constant(step - 1, tf.int64))
                     ce, l2, total = self.step_fn(images, targets)

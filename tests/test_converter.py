@@ -1,4 +1,4 @@
-"""utils/build_tfrecords.py: image folders -> ImageNet-format TFRecord shards."""
+"""utils/tools/build_tfrecords.py: image folders -> ImageNet-format TFRecord shards."""
 
 import json
 import os
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils import build_tfrecords, data_utils
-from utils.errors import UserError
+from utils import data_utils
+from utils.core.errors import UserError
+from utils.tools import build_tfrecords
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("n001", "n002", "n003")
@@ -349,7 +350,7 @@ def test_user_errors(tmp_path, setup, args, message):
 
 
 def test_command_line_help_and_one_line_error(tmp_path):
-    run = [sys.executable, "-m", "utils.build_tfrecords"]
+    run = [sys.executable, "-m", "utils.tools.build_tfrecords"]
     helped = subprocess.run([*run, "--help"], cwd=REPO, capture_output=True, text=True)
     assert helped.returncode == 0
     for flag in ("--train_dir", "--validation_labels", "--bounding_boxes", "--train_shards"):

@@ -1,4 +1,4 @@
-"""utils/dali_utils.py, utils/dali_index.py and utils/dali_index.sh, on the CPU.
+"""utils/dali_utils.py, utils/tools/dali_index.py and utils/dali_index.sh, on the CPU.
 
 DALI runs here with device_id=None under tf.device('/cpu:0') (no GPU on this machine).
 """
@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from model.resnet import IMAGENET_MEAN, IMAGENET_STD
 from tests.support import logged_values, run_main
-from utils import dali_index, dali_utils, data_utils, sample_data
-from utils.errors import UserError
+from utils import dali_utils, data_utils
+from utils.core.errors import UserError
+from utils.tools import dali_index, sample_data
 
 pytest.importorskip("nvidia.dali.plugin.tf")
 

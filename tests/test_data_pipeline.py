@@ -1,4 +1,4 @@
-"""utils/data_utils.py, utils/image_processing.py and utils/sample_data.py."""
+"""utils/data_utils.py, utils/image_processing.py and utils/tools/sample_data.py."""
 
 import collections
 import json
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils import data_utils, image_processing, sample_data
-from utils.errors import UserError
+from utils import data_utils, image_processing
+from utils.core.errors import UserError
+from utils.core.tf_compat import keras
+from utils.tools import sample_data
 
 
 @pytest.fixture(scope="module")
@@ -418,8 +420,8 @@ def test_synthetic_dataset_is_one_fixed_batch():
 
 def test_sample_data_is_learnable(sample_data_dir):
     """A small CNN, 4 short epochs at 32 px with the real augmentation: far above 10%."""
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
     blocks = [
         layer
         for width in (32, 64, 128)
@@ -430,13 +432,13 @@ def test_sample_data_is_learnable(sample_data_dir):
             layers.MaxPool2D(),
         )
     ]
-    model = tf.keras.Sequential(
+    model = keras.Sequential(
         [layers.Rescaling(1 / 127.5, -1, input_shape=(32, 32, 3)), *blocks]
         + [layers.GlobalAveragePooling2D(), layers.Dense(10)]
     )
     model.compile(
-        tf.keras.optimizers.Adam(0.003),
-        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        keras.optimizers.Adam(0.003),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     train = data_utils.train_dataset(sample_data_dir, 32, 32, seed=0, num_classes=10)

@@ -4,7 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 from runtime.evaluation import _steady_batches, evaluate
-from utils.hvd_utils import SingleProcess
+from utils.core.tf_compat import keras
+from utils.distributed import SingleProcess
 
 
 def test_timed_batches_leave_out_the_first_and_a_smaller_last():
@@ -19,7 +20,7 @@ def test_evaluate_counts_every_image_and_matches_numpy_top_k():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(14, 6)).astype(np.float32)
     labels = rng.integers(0, 8, size=14).astype(np.int32)
-    model = tf.keras.Sequential([tf.keras.Input((6,)), tf.keras.layers.Dense(8)])
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)  # 4, 4, 4, 2
 
     result = evaluate(model, dataset, SingleProcess(), xla=False)

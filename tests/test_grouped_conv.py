@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from model.layers import grouped_conv as gc
 from model.layers.grouped_conv import GroupedConv2D, grouped_conv2d
+from utils.core.tf_compat import keras
 
 NATIVE_GRADS = gc.native_grads_supported("float32")
 # "native" trains on CPU only where oneDNN runs the grouped backprop ops.
@@ -284,9 +285,9 @@ def test_checkpoint_moves_between_implementations(tmp_path):
 
 def test_keras_weights_move_between_implementations(tmp_path):
     def model(impl):
-        inputs = tf.keras.Input((8, 8, 32))
+        inputs = keras.Input((8, 8, 32))
         outputs = GroupedConv2D(32, 3, groups=4, implementation=impl, name="gconv")(inputs)
-        return tf.keras.Model(inputs, outputs)
+        return keras.Model(inputs, outputs)
 
     x = tf.random.stateless_normal([1, 8, 8, 32], seed=[5, 6])
     source = model("depthwise")
@@ -304,7 +305,7 @@ def test_get_config_round_trip():
         strides=2,
         data_format="channels_first",
         kernel_initializer="he_normal",
-        kernel_regularizer=tf.keras.regularizers.L2(1e-4),
+        kernel_regularizer=keras.regularizers.L2(1e-4),
         implementation="split",
         name="g",
     )
@@ -313,7 +314,7 @@ def test_get_config_round_trip():
     assert clone.get_config() == config
     assert (clone.filters, clone.kernel_size, clone.groups, clone.strides) == (128, 3, 32, 2)
     assert (clone.data_format, clone.implementation, clone.name) == ("channels_first", "split", "g")
-    assert isinstance(clone.kernel_initializer, tf.keras.initializers.HeNormal)
+    assert isinstance(clone.kernel_initializer, keras.initializers.HeNormal)
     assert clone.kernel_regularizer.get_config() == {"l2": pytest.approx(1e-4)}
 
 

@@ -7,7 +7,7 @@ Each launcher runs three jobs, shared by the tests below to stay within a few mi
   and rank 0 must end with one line instead of waiting forever.
 - `stopped_run`: main.py training until a SIGTERM to rank 1 stops both ranks.
 - `resumed_run`: main.py train_and_evaluate resuming from that checkpoint.
-`RNXT_DUMP_WEIGHTS` (see runtime/runner.py) makes each rank save its final variables.
+`tests/dump_weights_main.py` (main.py that saves each rank's final variables) runs both.
 """
 
 import json
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.sample_data import ensure_sample_data
+from utils.tools.sample_data import ensure_sample_data
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -145,7 +145,7 @@ def _single_process_evaluation(model_dir, data_dir):
     """evaluate() of the checkpoint in this (single) process, as `--mode evaluate` runs it."""
     from runtime import checkpoints, evaluation, inputs, runner
     from utils.cmdline_helper import parse_cmdline
-    from utils.hvd_utils import SingleProcess
+    from utils.distributed import SingleProcess
 
     args = parse_cmdline(
         ["--arch", "resnet50", "--mode", "evaluate", "--batch_size", "16", "--data_dir",
@@ -179,7 +179,8 @@ def worker_job(launcher):
 
 def _common_argv(sample_data, results):
     return [
-        str(REPO / "main.py"), "--arch", "resnet50", "--data_dir", sample_data,
+        str(REPO / "tests" / "dump_weights_main.py"), "--arch", "resnet50",
+        "--data_dir", sample_data,
         "--batch_size", "4", "--num_iter", "100000", "--iter_unit", "batch",
         "--lr_init", "0.05", "--lr_warmup_epochs", "0", "--weight_init", "fan_in",
         "--display_every", "1", "--results_dir", str(results), *SMALL,
@@ -195,7 +196,7 @@ def stopped_run(launcher, sample_data, tmp_path_factory):
         *_launcher(launcher), sys.executable, *_common_argv(sample_data, results),
         "--mode", "train",
     ]  # fmt: skip
-    env = _env(tag, RNXT_DUMP_WEIGHTS=str(dump))
+    env = _env(tag, RNXT_TEST_DUMP=str(dump))
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
     )
@@ -226,7 +227,7 @@ def resumed_run(launcher, stopped_run, sample_data):
     results = stopped_run["results"]
     dump = results.parent / "dump-resumed"
     argv = [*_common_argv(sample_data, results), "--mode", "train_and_evaluate", "--run_iter", "2"]
-    proc = _check(_launch(launcher, argv, _env(RNXT_DUMP_WEIGHTS=str(dump))))
+    proc = _check(_launch(launcher, argv, _env(RNXT_TEST_DUMP=str(dump))))
     return {"out": proc.stdout, "results": results, "dump": dump}
 
 
@@ -322,7 +323,8 @@ def _gradient_worker():
     import tensorflow as tf
 
     from runtime.training import make_train_step
-    from utils.hvd_utils import HorovodProcesses
+    from utils.core.tf_compat import keras
+    from utils.distributed.horovod import HorovodProcesses
     from utils.losses import cross_entropy, decayed_variables, l2_loss
     from utils.optimizers import build_optimizer
 
@@ -353,13 +355,13 @@ def _gradient_worker():
 
     for case in ("fp32", "xla", "amp"):
         amp, xla = case == "amp", case == "xla"
-        tf.keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
-        tf.keras.utils.set_random_seed(dist.rank)  # different on purpose: broadcast fixes it
-        model = tf.keras.Sequential(
+        keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
+        keras.utils.set_random_seed(dist.rank)  # different on purpose: broadcast fixes it
+        model = keras.Sequential(
             [
-                tf.keras.Input((6,)),
-                tf.keras.layers.Dense(5, activation="tanh"),
-                tf.keras.layers.Dense(classes),
+                keras.Input((6,)),
+                keras.layers.Dense(5, activation="tanh"),
+                keras.layers.Dense(classes),
             ]
         )
         optimizer = build_optimizer(lr, 0.0, amp, -1)
@@ -402,8 +404,8 @@ def _gradient_worker():
 def _lose_rank_1(how):
     """Rank 1 dies (SIGKILL) or freezes (SIGSTOP) after a barrier; rank 0 goes on with
     collectives and ends as main.py does (one `main.py: error:` line, status 1)."""
-    from utils.errors import UserError
-    from utils.hvd_utils import HorovodProcesses
+    from utils.core.errors import UserError
+    from utils.distributed.horovod import HorovodProcesses
 
     dist = HorovodProcesses()
     try:

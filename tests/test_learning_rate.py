@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.errors import UserError
+from utils.core.errors import UserError
+from utils.core.tf_compat import keras
 from utils.learning_rate import WarmupDecaySchedule
 from utils.optimizers import MomentumSGD, build_optimizer
 
@@ -103,8 +104,8 @@ def test_works_on_an_int64_variable_inside_tf_function():
 def test_config_round_trip_and_keras_serialisation():
     schedule = cosine_schedule(steps_per_epoch=12.5)
     copy = WarmupDecaySchedule.from_config(schedule.get_config())
-    restored = tf.keras.optimizers.schedules.deserialize(
-        tf.keras.optimizers.schedules.serialize(schedule)
+    restored = keras.optimizers.schedules.deserialize(
+        keras.optimizers.schedules.serialize(schedule)
     )
     for other in (copy, restored):
         assert isinstance(other, WarmupDecaySchedule)
@@ -161,13 +162,13 @@ def test_momentum_update_applies_the_current_lr_to_the_accumulator():
     want = tf1_momentum_reference(w0, lrs, 0.9)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # Keras' own SGD folds past learning rates into its velocity: a different result.
-    keras = run_quadratic(tf.keras.optimizers.SGD(learning_rate=schedule, momentum=0.9), w0, 8)
-    assert not np.allclose(keras[-1], want[-1], rtol=1e-3)
+    keras_sgd = run_quadratic(keras.optimizers.SGD(learning_rate=schedule, momentum=0.9), w0, 8)
+    assert not np.allclose(keras_sgd[-1], want[-1], rtol=1e-3)
 
 
 def test_momentum_sgd_config_round_trip():
     optimizer = MomentumSGD(learning_rate=cosine_schedule(), momentum=0.875)
-    restored = tf.keras.optimizers.deserialize(tf.keras.optimizers.serialize(optimizer))
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, MomentumSGD)
     assert restored.momentum == 0.875
     assert isinstance(restored._learning_rate, WarmupDecaySchedule)
@@ -187,7 +188,7 @@ def apply_gradient(optimizer, variable, gradient):
 
 def test_dynamic_loss_scale_halves_on_overflow():
     optimizer = build_optimizer(0.1, 0.9, amp=True, static_loss_scale=-1)
-    assert isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    assert isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
     assert isinstance(optimizer.inner_optimizer, MomentumSGD)
     assert optimizer.dynamic
     start = float(optimizer.loss_scale)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils import dllogger_compat
-from utils.dllogger_compat import Logger, format_step, to_builtin
-from utils.progress import Progress, format_duration
+from utils.logs import dllogger_compat
+from utils.logs.dllogger_compat import Logger, format_step, to_builtin
+from utils.logs.progress import Progress, format_duration
 
 LOG_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "step", "data"}
 METADATA_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "metric", "metadata"}

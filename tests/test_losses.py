@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from utils.core.tf_compat import keras
 from utils.losses import (
     cross_entropy,
     decayed_variables,
@@ -105,12 +106,12 @@ def test_cross_entropy_matches_numpy_and_is_float32_for_float16_logits():
 
 
 def tiny_model():
-    inputs = tf.keras.Input((8, 8, 3))
-    x = tf.keras.layers.Conv2D(4, 3, use_bias=True, name="conv")(inputs)
-    x = tf.keras.layers.BatchNormalization(name="bn")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(5, name="fc")(x)
-    model = tf.keras.Model(inputs, outputs)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=True, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5, name="fc")(x)
+    model = keras.Model(inputs, outputs)
     rng = np.random.default_rng(2)
     for v in model.trainable_variables:  # non-zero everywhere, so every term counts
         v.assign(rng.normal(1.0, 0.5, v.shape))
@@ -123,16 +124,16 @@ def test_decayed_variables_leave_out_batch_norm_gamma_and_beta():
 
 
 def test_decayed_variables_find_batch_norm_in_nested_layers_by_ownership():
-    class Block(tf.keras.layers.Layer):
+    class Block(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.conv = tf.keras.layers.Conv2D(2, 1, use_bias=False, name="conv")
-            self.norm = tf.keras.layers.BatchNormalization(name="scale_and_shift")
+            self.conv = keras.layers.Conv2D(2, 1, use_bias=False, name="conv")
+            self.norm = keras.layers.BatchNormalization(name="scale_and_shift")
 
         def call(self, x):
             return self.norm(self.conv(x))
 
-    model = tf.keras.Sequential([tf.keras.Input((4, 4, 3)), Block(name="block")])
+    model = keras.Sequential([keras.Input((4, 4, 3)), Block(name="block")])
     assert [v.name for v in decayed_variables(model)] == ["block/conv/kernel:0"]
 
 

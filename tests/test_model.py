@@ -8,6 +8,7 @@ from model import ARCHITECTURES, build_model
 from model.layers.grouped_conv import GroupedConv2D
 from model.layers.pooling import MaxPool2D
 from model.resnet import IMAGENET_MEAN
+from utils.core.tf_compat import keras
 
 PARAMS = {
     ("resnet50", 1000): 25_557_032,
@@ -50,11 +51,11 @@ def test_resnext_structure_and_layer_names():
 
 def test_batch_norm_settings_and_bias_free_convs():
     model = build_model("resnet50")
-    bns = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
     # The block's last BN starts at gamma = 1 (not zero-initialised).
     assert np.all(model.get_layer("stage1_block1_1x1_expand_bn").gamma.numpy() == 1.0)
-    convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and not any(conv.use_bias for conv in convs)
 
 
@@ -68,7 +69,7 @@ def test_se_gate_has_ratio_16_and_biases():
 
 @pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
 def test_weight_init_uses_variance_scaling_with_the_chosen_fan(mode):
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = build_model("resnet50", weight_init=mode)
     kernel = model.get_layer("stage3_block1_1x1_expand_conv").kernel.numpy()  # 1x1, 256 -> 1024
     fan = 256 if mode == "fan_in" else 1024
@@ -80,7 +81,7 @@ def test_weight_init_uses_variance_scaling_with_the_chosen_fan(mode):
 
 def test_input_is_normalised_inside_the_model():
     model = build_model("resnet50")
-    normalize = tf.keras.Model(model.input, model.get_layer("normalize").output)
+    normalize = keras.Model(model.input, model.get_layer("normalize").output)
     mean_image = np.broadcast_to(np.array(IMAGENET_MEAN, np.float32), (1, 8, 8, 3))
     np.testing.assert_allclose(normalize(mean_image).numpy(), 0.0, atol=1e-5)
     assert "normalize" not in [layer.name for layer in build_model(normalize_input=False).layers]
@@ -121,21 +122,21 @@ def test_final_conv_head_matches_the_dense_head_with_the_same_weights():
 
 
 def test_logits_are_float32_under_mixed_precision():
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = build_model("resnet50", num_classes=5)
         logits = model(_random_images(1, 32), training=False)
         assert model.get_layer("stage1_block1_3x3_conv").compute_dtype == "float16"
         assert model.get_layer("stage1_block1_3x3_conv").kernel.dtype == tf.float32
     finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy("float32")
     assert logits.dtype == tf.float32
     assert np.all(np.isfinite(logits.numpy()))
 
 
 def test_nchw_max_pool_matches_nhwc():
     x = np.random.default_rng(3).normal(size=(2, 9, 10, 5)).astype(np.float32)
-    nhwc = tf.keras.layers.MaxPool2D(3, 2, padding="same")(x).numpy()
+    nhwc = keras.layers.MaxPool2D(3, 2, padding="same")(x).numpy()
     nchw = MaxPool2D(3, 2, padding="same", data_format="channels_first")(x.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(nchw.numpy().transpose(0, 2, 3, 1), nhwc)
 
@@ -145,18 +146,18 @@ def test_nchw_max_pool_matches_nhwc():
     [(arch, "NHWC") for arch in sorted(ARCHITECTURES)] + [("resnext101-32x4d", "NCHW")],
 )
 def test_each_architecture_takes_a_real_gradient_step_at_64px(arch, data_format):
-    tf.keras.utils.set_random_seed(1)
+    keras.utils.set_random_seed(1)
     model = build_model(arch, num_classes=10, data_format=data_format)
     images = tf.constant(_random_images(4, 64))
     labels = tf.constant([0, 1, 2, 3])
-    optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss = tf.reduce_mean(
-                tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             )
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from utils.core.tf_compat import keras
 from utils.learning_rate import WarmupDecaySchedule
 from utils.optimizers import MomentumSGD
 
@@ -29,8 +30,8 @@ def plain_variables():
 
 def autocast_variables():
     """Under mixed_float16 the model's weights are AutoCastVariables around float32 ones."""
-    tf.keras.utils.set_random_seed(2)
-    layer = tf.keras.layers.Dense(8, dtype="mixed_float16")
+    keras.utils.set_random_seed(2)
+    layer = keras.layers.Dense(8, dtype="mixed_float16")
     layer.build([None, 5])
     assert type(layer.kernel).__name__ == "AutoCastVariable"
     return layer.trainable_variables

@@ -1,4 +1,4 @@
-"""main.py's per-mode TensorFlow environment (utils/perf_env.py), without running TensorFlow."""
+"""main.py's per-mode TensorFlow environment (utils/core/perf_env.py), without TensorFlow."""
 
 import sys
 import types
@@ -7,9 +7,9 @@ import pytest
 
 import main
 import runtime
-from utils import perf_env
 from utils.cmdline_helper import MODES, TRAINING_MODES
-from utils.errors import UserError
+from utils.core import perf_env
+from utils.core.errors import UserError
 
 VAR = perf_env.FROZEN_WEIGHTS
 MODE_ARGS = {

@@ -17,7 +17,8 @@ from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types, run_main
 from tests.support import logged_values as logged
 from utils import data_utils
 from utils.cmdline_helper import parse_cmdline
-from utils.sample_data import ensure_sample_data
+from utils.core.tf_compat import keras
+from utils.tools.sample_data import ensure_sample_data
 
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]
 QAT_EPOCHS = 2
@@ -32,7 +33,7 @@ def main_in_process(argv, capsys):
     """main.main(argv): (exit code, the stderr lines starting with `main.py: error:`).
 
     For runs that end before the model's first call. main() sets per-mode environment
-    variables (utils/perf_env.py); they are undone so later runs do not inherit them.
+    variables (utils/core/perf_env.py); they are undone so later runs do not inherit them.
     """
     environ = dict(os.environ)
     try:
@@ -210,12 +211,10 @@ def test_qat_with_amp_and_qdq_trains_and_exports_qdq_ops(tmp_path):
 
 def tiny_model(config):
     """A conv and a head named like the real ones; QAT when config["quantize"]."""
-    inputs = tf.keras.Input((4, 4, 3))
-    x = tf.keras.layers.Conv2D(8, 3, name="conv")(inputs)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    model = tf.keras.Model(
-        inputs, tf.keras.layers.Dense(config["num_classes"], name="logits_dense")(x)
-    )
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(config["num_classes"], name="logits_dense")(x))
     return qat.quantize_model(model) if config["quantize"] else model
 
 
@@ -230,7 +229,7 @@ def test_finetune_copies_float_weights_across_float_and_qat(tmp_path, source_kin
     base = {"arch": "resnet50", "num_classes": 3, "use_final_conv": False}
     float_config = {**base, "quantize": False, "symmetric": False, "use_qdq": False}
     source_config = {**float_config, "quantize": source_kind == "qat"}
-    tf.keras.utils.set_random_seed(4)
+    keras.utils.set_random_seed(4)
     source = tiny_model(source_config)
     sidecar = base if source_kind == "float-legacy-sidecar" else source_config
     save_with_sidecar(source, tmp_path, sidecar)

@@ -12,9 +12,10 @@ from model.layers.grouped_conv import GroupedConv2D
 from runtime.export import export_saved_model
 from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types
 from utils import data_utils
+from utils.core.tf_compat import keras
 from utils.losses import cross_entropy
 from utils.optimizers import MomentumSGD
-from utils.sample_data import ensure_sample_data
+from utils.tools.sample_data import ensure_sample_data
 
 SIZE, CLASSES, BATCH = 32, 10, 4
 
@@ -56,7 +57,7 @@ def make_train_step(model, optimizer):
 
 @pytest.fixture(scope="module")
 def float_model():
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     return resnet50()
 
 
@@ -133,7 +134,7 @@ def test_before_the_delay_the_outputs_equal_the_copied_float_model(float_model, 
     for got, want in zip(model.trainable_variables, float_model.trainable_variables):
         np.testing.assert_array_equal(got, want)
     qat.set_quant_step(model, 0)
-    source = tf.keras.models.clone_model(float_model)  # freshly initialised weights
+    source = keras.models.clone_model(float_model)  # freshly initialised weights
     x = images(1)
     assert not np.allclose(source(x, training=True), model(x, training=True))
     copied = qat.copy_float_weights(source, model)
@@ -208,13 +209,13 @@ def test_qdq_mode_uses_quantize_and_dequantize_ops_only(float_model):
 
 
 def test_mixed_float16_quantizes_in_float32_and_trains():
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        tf.keras.utils.set_random_seed(1)
+        keras.utils.set_random_seed(1)
         float_amp = resnet50()
         model = qat.quantize_model(float_amp, quant_delay=1)
     finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy("float32")
     x, targets = images(6), tf.one_hot([0, 1, 2, 3], CLASSES)
 
     def forward_backward(net):
@@ -243,7 +244,7 @@ def test_mixed_float16_quantizes_in_float32_and_trains():
 
 
 def test_resnext_grouped_convs_and_the_final_conv_head_are_quantized(float_model):
-    tf.keras.utils.set_random_seed(2)
+    keras.utils.set_random_seed(2)
     float_rnxt = build_model(
         "resnext101-32x4d", num_classes=CLASSES, image_size=SIZE, use_final_conv=True
     )
@@ -253,7 +254,7 @@ def test_resnext_grouped_convs_and_the_final_conv_head_are_quantized(float_model
     convs = [
         layer.name
         for layer in float_rnxt.layers
-        if isinstance(layer, (tf.keras.layers.Conv2D, GroupedConv2D))
+        if isinstance(layer, (keras.layers.Conv2D, GroupedConv2D))
     ]
     assert len(grouped) == 33 and set(convs) == set(wrapped) and "logits_conv" in wrapped
     assert isinstance(wrapped[grouped[0]].layer, GroupedConv2D)
@@ -276,9 +277,9 @@ def test_resnext_grouped_convs_and_the_final_conv_head_are_quantized(float_model
 
 
 def test_squeeze_excitation_dense_layers_are_quantized():
-    inputs = tf.keras.Input((4, 4, 64))
+    inputs = keras.Input((4, 4, 64))
     outputs = squeeze_excitation(inputs, LayerFactory(), ratio=16, name="se")
-    float_se = tf.keras.Model(inputs, outputs)
+    float_se = keras.Model(inputs, outputs)
     model = qat.quantize_model(float_se)
     assert [w.name for w in qat.qat_layers(model)] == ["se_reduce", "se_expand"]
     assert qat.set_quant_step(float_se, 3) is None  # the hook is a no-op on float models
@@ -292,8 +293,8 @@ def test_squeeze_excitation_dense_layers_are_quantized():
 
 
 def test_input_ranges_are_a_bias_corrected_moving_average_frozen_in_inference():
-    inputs = tf.keras.Input((6,))
-    model = qat.quantize_model(tf.keras.Model(inputs, LayerFactory().dense(3, name="fc")(inputs)))
+    inputs = keras.Input((6,))
+    model = qat.quantize_model(keras.Model(inputs, LayerFactory().dense(3, name="fc")(inputs)))
     (wrapper,) = qat.qat_layers(model)
     assert [float(v) for v in wrapper.input_range()] == [-qat.INIT_RANGE, qat.INIT_RANGE]
     x1 = tf.constant([[-1.0, 0.5, 2.0, 0.0, 0.0, 0.0]])

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.support import run_main
-from utils.sample_data import ensure_sample_data
+from utils.tools.sample_data import ensure_sample_data
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]

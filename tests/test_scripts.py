@@ -403,7 +403,7 @@ def test_scripts_pass_shellcheck():
 #     `[--xla]`): its first flag, unless it has a hyphen after the leading `--` (main.py's
 #     flags have none; `--bind-to`, `--build-arg`, `--no-build-isolation` are other tools')
 #     or is one of OTHER_TOOLS_FLAGS.
-# Any other command (docker, pip, python -m utils.build_tfrecords or benchmarks.*, bash
+# Any other command (docker, pip, python -m utils.tools.build_tfrecords or benchmarks.*, bash
 # utils/dali_index.sh, horovodrun) has its own flags and is not checked.
 # Single-word flags of docker, mpiexec, horovodrun and utils/dali_index.sh, and the
 # original's typo `--muxup`, which the README may name in prose.
@@ -462,7 +462,7 @@ def test_readme_flag_rule():
             "mpiexec --allow-run-as-root --bind-to socket -np 8 python main.py \\",
             "    --batch_size=128 --cosine_lr | tee log && pip install --no-cache-dir x",
             "bash ./resnext101-32x4d/training/DGX1_RNxt101-32x4d_AMP_90E.sh /r /data --dali",
-            "python -m utils.build_tfrecords --train_dir train/",
+            "python -m utils.tools.build_tfrecords --train_dir train/",
             "```",
             "```",
             "usage: main.py [-h] [--arch ARCH]",

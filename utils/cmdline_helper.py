@@ -6,7 +6,7 @@ cannot work; every problem exits through argparse with one line naming the flag.
 
 import argparse
 
-from utils.launcher import launched_rank
+from utils.distributed.launcher import launched_rank
 
 ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
 MODES = (

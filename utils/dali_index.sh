@@ -6,7 +6,7 @@
 #
 #   bash utils/dali_index.sh [-j N] [--tfrecord2idx] SRC_DIR DST_DIR
 #
-# By default the indexing is done by utils/dali_index.py (pure Python, same format as
+# By default the indexing is done by utils/tools/dali_index.py (pure Python, same format as
 # DALI's tfrecord2idx byte for byte, N files at a time, default all CPUs), which skips
 # index files that are already up to date. --tfrecord2idx runs DALI's own tfrecord2idx
 # script on every file instead, as the original did (it imports TensorFlow: seconds per
@@ -51,10 +51,10 @@ if [[ -z $python ]]; then
     fi
 fi
 
-if [[ $use_tfrecord2idx -eq 0 && -f $here/dali_index.py ]] && command -v "$python" >/dev/null; then
+if [[ $use_tfrecord2idx -eq 0 && -f $here/tools/dali_index.py ]] && command -v "$python" >/dev/null; then
     echo "Creating DALI index files for $src_dir in $dst_dir ($jobs processes)..."
     PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}" \
-        exec "$python" -m utils.dali_index -j "$jobs" "$src_dir" "$dst_dir"
+        exec "$python" -m utils.tools.dali_index -j "$jobs" "$src_dir" "$dst_dir"
 fi
 
 # DALI's tfrecord2idx, one process per file, at most $jobs at a time.

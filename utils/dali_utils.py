@@ -56,8 +56,8 @@ import tensorflow as tf
 
 from model.resnet import IMAGENET_MEAN, IMAGENET_STD
 from utils import data_utils, image_processing
-from utils.dali_index import count_index_records, index_problem
-from utils.errors import UserError
+from utils.core.errors import UserError
+from utils.data.tfrecord import count_index_records, index_problem
 
 DEVICES = ("cpu", "gpu")
 MAX_THREADS = 8  # DALI worker threads per process

@@ -1,7 +1,7 @@
 """Input pipelines over ImageNet-format TFRecords, plus synthetic data (RECIPE section 4).
 
 Data layout: `train-*` and `validation-*` TFRecord files in one directory, as written by
-TF's `build_imagenet_data.py` or `utils/build_tfrecords.py`. Labels in the records are
+TF's `build_imagenet_data.py` or `utils/tools/build_tfrecords.py`. Labels in the records are
 1-based (`image/class/label`); the datasets here yield 0-based int32 labels.
 
 Pipelines:
@@ -35,45 +35,44 @@ import json
 import logging
 import os
 import random
-import re
-import struct
-import tempfile
 import threading
 
 import tensorflow as tf
 
 from utils import image_processing
-from utils.crc32c import masked_crc32c
-from utils.errors import UserError
+from utils.core import fileio
+from utils.core.errors import UserError, tf_error_message
+from utils.data import schema, tfrecord
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-SPLITS = ("train", "validation")
+SPLITS = schema.SPLITS
 TRAIN_SHUFFLE_BUFFER = 10_000  # records; about 1.1 GB of ImageNet JPEGs per process
 INTERLEAVE_CYCLE = 10
 PROBE_RECORDS = 8
 RECORD_COUNT_CACHE = ".record_counts.json"
 
 _TRAIN_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+    schema.ENCODED: tf.io.FixedLenFeature([], tf.string),
+    schema.LABEL: tf.io.FixedLenFeature([], tf.int64),
+    **{key: tf.io.VarLenFeature(tf.float32) for key in schema.BBOX},
 }
-_EVAL_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-}
+_EVAL_FEATURES = {key: _TRAIN_FEATURES[key] for key in (schema.ENCODED, schema.LABEL)}
 _ALL_FEATURES = {
     **_TRAIN_FEATURES,
-    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    schema.TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    schema.SYNSET: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    schema.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    schema.HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    schema.WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+}
+_RECORD_FIELDS = {
+    "text": schema.TEXT,
+    "synset": schema.SYNSET,
+    "filename": schema.FILENAME,
+    "height": schema.HEIGHT,
+    "width": schema.WIDTH,
 }
 
 
@@ -83,9 +82,10 @@ _ALL_FEATURES = {
 
 def list_files(data_dir, split):
     """Sorted paths of the `<split>-*` files in `data_dir` (split: train or validation)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    expected = f"TFRecord files named {split}-00000-of-NNNNN (utils/build_tfrecords.py writes them)"
+    schema.check_split(split)
+    expected = (
+        f"TFRecord files named {split}-00000-of-NNNNN (utils/tools/build_tfrecords.py writes them)"
+    )
     if not data_dir or not os.path.isdir(data_dir):
         raise UserError(
             f"data directory {data_dir!r} does not exist; --data_dir must hold {expected}"
@@ -96,7 +96,7 @@ def list_files(data_dir, split):
     files = [
         os.path.join(data_dir, name)
         for name in names
-        if name.startswith(f"{split}-") and os.path.isfile(os.path.join(data_dir, name))
+        if schema.is_split_file(name, split) and os.path.isfile(os.path.join(data_dir, name))
     ]
     if not files:
         found = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -154,7 +154,7 @@ def _counts_in_dir(directory, paths, cache_dir):
         ):
             counts[name] = entry["records"]
             continue
-        counts[name] = _count_file(path, stat.st_size)
+        counts[name] = _count_file(path)
         fresh[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "records": counts[name]}
 
     if fresh:
@@ -166,34 +166,15 @@ def _counts_in_dir(directory, paths, cache_dir):
     return counts
 
 
-def _count_file(path, size):
+def _count_file(path):
     """Count records by walking the length headers; payload CRCs are left to the reader."""
-    fix = "re-create it (utils/build_tfrecords.py) or remove it from the data directory"
-    count, offset = 0, 0
+    fix = "re-create it (utils/tools/build_tfrecords.py) or remove it from the data directory"
     try:
-        with open(path, "rb", buffering=0) as f:
-            while offset < size:
-                header = os.pread(f.fileno(), 12, offset)
-                if len(header) < 12:
-                    raise UserError(
-                        f"{path}: truncated record file (cut inside record {count}); {fix}"
-                    )
-                length, length_crc = struct.unpack("<QI", header)
-                if masked_crc32c(header[:8]) != length_crc:
-                    raise UserError(
-                        f"{path}: not a TFRecord file or corrupt (bad record header at "
-                        f"byte {offset}); {fix}"
-                    )
-                offset += 12 + length + 4
-                if offset > size:
-                    raise UserError(
-                        f"{path}: truncated record file (record {count} runs past the end "
-                        f"of the file); {fix}"
-                    )
-                count += 1
+        return sum(1 for _ in tfrecord.walk_records(path))
+    except tfrecord.RecordFileError as e:
+        raise UserError(f"{e}; {fix}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read record file ({e.strerror})") from None
-    return count
 
 
 def _read_json(path):
@@ -207,20 +188,9 @@ def _read_json(path):
 
 def _update_json(path, entries):
     """Merge `entries` into the JSON object at `path` atomically. False if not writable."""
-    directory = os.path.dirname(path)
     try:
-        os.makedirs(directory, exist_ok=True)
-        data = _read_json(path)
-        data.update(entries)
-        fd, tmp = tempfile.mkstemp(prefix=".record_counts-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; others may share the data
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fileio.write_json(path, {**_read_json(path), **entries})
     except OSError:
         return False
     return True
@@ -247,27 +217,22 @@ def parse_record(serialized):
 def _parse(serialized, features):
     parsed = tf.io.parse_single_example(serialized, features)
     record = {
-        "encoded": parsed["image/encoded"],
-        "label": tf.cast(parsed["image/class/label"] - 1, tf.int32),
+        "encoded": parsed[schema.ENCODED],
+        "label": tf.cast(parsed[schema.LABEL] - 1, tf.int32),
     }
-    if "image/object/bbox/xmin" in parsed:
-        corners = [
-            parsed[f"image/object/bbox/{k}"].values for k in ("ymin", "xmin", "ymax", "xmax")
-        ]
-        record["boxes"] = tf.stack(corners, axis=1)
-    for key in ("text", "synset"):
-        if f"image/class/{key}" in parsed:
-            record[key] = parsed[f"image/class/{key}"]
-    for key in ("filename", "height", "width"):
-        if f"image/{key}" in parsed:
-            record[key] = parsed[f"image/{key}"]
+    if schema.BBOX[0] in parsed:
+        xmin, ymin, xmax, ymax = (parsed[key].values for key in schema.BBOX)
+        record["boxes"] = tf.stack([ymin, xmin, ymax, xmax], axis=1)
+    for field, key in _RECORD_FIELDS.items():
+        if key in parsed:
+            record[field] = parsed[key]
     return record
 
 
 def _probe(files, num_classes=None):
     """Decode the first few records eagerly, so wrong data fails now with a clear message
     instead of every image being skipped in the pipeline."""
-    fix = "check that the files were written by utils/build_tfrecords.py"
+    fix = "check that the files were written by utils/tools/build_tfrecords.py"
     records = []  # (file, serialized)
     for path in files:
         try:
@@ -300,13 +265,6 @@ def _probe(files, num_classes=None):
             f"{path}: none of the first {len(errors)} records holds a decodable JPEG image "
             f"({message}); {fix}"
         )
-
-
-def tf_error_message(error):
-    """The useful part of a TF error: without the function-node prefix and op suffix."""
-    message = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
-    message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", message)
-    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message)
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,14 +14,15 @@ import math
 
 import tensorflow as tf
 
-from utils.errors import UserError
+from utils.core.errors import UserError
+from utils.core.tf_compat import keras
 
 STEP_DECAY_EPOCHS = (30, 60, 80, 90)
 STEP_DECAY_FACTORS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 
 
-@tf.keras.utils.register_keras_serializable(package="resnext")
-class WarmupDecaySchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+@keras.utils.register_keras_serializable(package="resnext")
+class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup from 0, then cosine (`cosine=True`) or step decay of the scaled base LR."""
 
     def __init__(

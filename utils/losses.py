@@ -13,9 +13,11 @@ are decayed, as in the original (its filter only dropped names containing "batch
 
 import tensorflow as tf
 
+from utils.core.tf_compat import keras
+
 _BATCH_NORM_LAYERS = (
-    tf.keras.layers.BatchNormalization,
-    tf.keras.layers.experimental.SyncBatchNormalization,
+    keras.layers.BatchNormalization,
+    keras.layers.experimental.SyncBatchNormalization,
 )
 _BATCH_NORM_WEIGHT_NAMES = ("gamma", "beta")
 

@@ -14,11 +14,13 @@ around the scaled loss, before `get_unscaled_gradients`), so nothing here change
 
 import tensorflow as tf
 
-from utils.errors import UserError
+from utils.core import tf_compat
+from utils.core.errors import UserError
+from utils.core.tf_compat import keras
 
 
-@tf.keras.utils.register_keras_serializable(package="resnext")
-class MomentumSGD(tf.keras.optimizers.SGD):
+@keras.utils.register_keras_serializable(package="resnext")
+class MomentumSGD(keras.optimizers.SGD):
     """Keras SGD with TF1 MomentumOptimizer's update (lr applied to the accumulator)."""
 
     def __init__(self, learning_rate=0.01, momentum=0.9, name="MomentumSGD", **kwargs):
@@ -29,7 +31,7 @@ class MomentumSGD(tf.keras.optimizers.SGD):
     def update_step(self, gradient, variable):
         lr = tf.cast(self.learning_rate, variable.dtype)
         momentum = tf.cast(self.momentum, variable.dtype)
-        accum = self.momentums[self._index_dict[self._var_key(variable)]]
+        accum = tf_compat.optimizer_slot(self, self.momentums, variable)
         # Sparse gradients are applied densely; the convnets here never produce them.
         gradient = tf.convert_to_tensor(gradient)
         # TF1's own kernel: one op per variable instead of five, same values bit for bit
@@ -48,9 +50,9 @@ def build_optimizer(learning_rate, momentum, amp, static_loss_scale):
     if not amp:
         return optimizer
     if static_loss_scale == -1:
-        return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        return keras.mixed_precision.LossScaleOptimizer(optimizer)
     if static_loss_scale <= 0:
         raise UserError(f"--static_loss_scale must be positive or -1, got {static_loss_scale}")
-    return tf.keras.mixed_precision.LossScaleOptimizer(
+    return keras.mixed_precision.LossScaleOptimizer(
         optimizer, dynamic=False, initial_scale=float(static_loss_scale)
     )

@@ -43,18 +43,12 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 from model.layers import device
+from utils.core import tf_compat
+from utils.core.tf_compat import keras
 
 IMPLEMENTATIONS = ("auto", "native", "cpu", "split", "depthwise")
-
-
-def _in_xla_context():
-    """Whether ops built now will be compiled by XLA (e.g. in `tf.function(jit_compile=True)`)."""
-    if tf.executing_eagerly():
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def resolve_implementation(implementation, groups):
@@ -192,7 +186,7 @@ def cpu_grouped_conv2d(x, kernel, groups, strides):
     compiles the graph (XLA's CPU grouped conv backward is ~50x slower than "split"), the
     split formulation is used.
     """
-    if _in_xla_context():
+    if tf_compat.in_xla_context():
         return split_grouped_conv2d(x, kernel, groups, strides)
     if x.dtype == tf.float16:
         y = cpu_grouped_conv2d(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), groups, strides)
@@ -230,7 +224,7 @@ def grouped_conv2d(x, kernel, groups, strides=1, data_format="NHWC", implementat
     return fn(x, kernel, groups, strides)
 
 
-class GroupedConv2D(tf.keras.layers.Layer):
+class GroupedConv2D(keras.layers.Layer):
     """Bias-free grouped convolution with 'SAME' padding.
 
     `implementation`: one of `IMPLEMENTATIONS` (see the module docstring); "auto" runs
@@ -260,8 +254,8 @@ class GroupedConv2D(tf.keras.layers.Layer):
         self.groups = groups
         self.strides = strides
         self.data_format = data_format
-        self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.implementation = implementation
 
     @property
@@ -312,8 +306,8 @@ class GroupedConv2D(tf.keras.layers.Layer):
             groups=self.groups,
             strides=self.strides,
             data_format=self.data_format,
-            kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer),
-            kernel_regularizer=tf.keras.regularizers.serialize(self.kernel_regularizer),
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             implementation=self.implementation,
         )
         return config

@@ -3,9 +3,10 @@
 import tensorflow as tf
 
 from model.layers.device import gpu_available
+from utils.core.tf_compat import keras
 
 
-class MaxPool2D(tf.keras.layers.MaxPool2D):
+class MaxPool2D(keras.layers.MaxPool2D):
     """Keras MaxPool2D, except NCHW without a GPU.
 
     TensorFlow 2.15's CPU max-pool returns wrong values for NCHW input without raising

@@ -16,7 +16,7 @@ convolution or matmul kernel, so it must be set before then.
 import os
 
 from utils.cmdline_helper import TRAINING_MODES
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 FROZEN_WEIGHTS_MODES = ("evaluate", "predict", "inference_benchmark")

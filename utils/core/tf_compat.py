@@ -1,0 +1,52 @@
+"""The one door to Keras and to the TensorFlow/Keras internals this project relies on.
+
+`keras` is `tf.keras` (Keras 2) on TensorFlow 2.15 and `tf_keras` (Keras 2, the legacy
+package) on 2.16+, where `tf.keras` would be Keras 3. Each internal used elsewhere goes
+through one function here, with the versions it was checked against; tests/test_tf_compat.py
+exercises each of them on the installed stack.
+"""
+
+import importlib.util
+import os
+
+# TensorFlow 2.16+ picks its Keras once, at first use: ask for the legacy Keras 2 package
+# (so TFMOT and DALI's plugin see the same Keras), unless the user chose otherwise.
+if importlib.util.find_spec("tf_keras") is not None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+
+TF_VERSION = tuple(int(part) for part in tf.__version__.split(".")[:2])
+
+if TF_VERSION >= (2, 16):
+    import tf_keras as keras  # noqa: F401  (the Keras 2 API)
+else:
+    keras = tf.keras
+
+
+def loss_scale_state(optimizer) -> list:
+    """The dynamic loss scale and its counter of a `LossScaleOptimizer`, which it keeps
+    outside `optimizer.variables`. Checked on Keras 2.15 (and tf_keras 2.21)."""
+    return [optimizer._loss_scale.current_loss_scale, optimizer.dynamic_counter]
+
+
+def optimizer_slot(optimizer, slots: list, variable):
+    """`slots[i]` for the slot list `slots` (e.g. `optimizer.momentums`) of an optimizer of
+    Keras 2's `optimizer.Optimizer` and `variable`. Checked on Keras 2.15 (and tf_keras)."""
+    return slots[optimizer._index_dict[optimizer._var_key(variable)]]
+
+
+def in_xla_context() -> bool:
+    """Whether ops built now will be compiled by XLA (e.g. in `tf.function(jit_compile=True)`).
+    Checked on TensorFlow 2.15 (and 2.21)."""
+    if tf.executing_eagerly():
+        return False
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def is_functional(model) -> bool:
+    """Whether `model` is a functional Keras model (layers on a graph of inputs), which
+    `clone_model` can rebuild layer by layer. Checked on Keras 2.15 (and tf_keras)."""
+    return bool(getattr(model, "_is_graph_network", False))
