@@ -5,38 +5,14 @@ exported models), normalises them itself and, for `data_format="NCHW"`, transpos
 after normalising. Logits are float32 whatever the mixed-precision policy.
 """
 
-from dataclasses import dataclass
-
 import tensorflow as tf
 
 from model.blocks import LayerFactory, bottleneck, conv_bn
+from model.config import ARCHITECTURES, DATA_FORMATS, IMAGENET_MEAN, IMAGENET_STD
 from model.layers.pooling import MaxPool2D
 from utils.core.tf_compat import keras
 
-IMAGENET_MEAN = (123.68, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.120, 57.385)
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    blocks: tuple  # bottleneck blocks per stage
-    widths: tuple  # bottleneck (3x3 conv) channels per stage
-    expansion: int  # block output channels = expansion * width
-    groups: int = 1  # groups of the 3x3 conv (cardinality)
-    se_ratio: int = 0  # squeeze-and-excitation reduction; 0 = no SE
-
-
-ARCHITECTURES = {
-    "resnet50": ArchSpec(blocks=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion=4),
-    "resnext101-32x4d": ArchSpec(
-        blocks=(3, 4, 23, 3), widths=(128, 256, 512, 1024), expansion=2, groups=32
-    ),
-    "se-resnext101-32x4d": ArchSpec(
-        blocks=(3, 4, 23, 3), widths=(128, 256, 512, 1024), expansion=2, groups=32, se_ratio=16
-    ),
-}
-
-DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
+DATA_FORMAT_NAMES = {"NHWC": "channels_last", "NCHW": "channels_first"}
 
 
 def normalize_images(x):
@@ -91,7 +67,7 @@ def build_model(
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be NHWC or NCHW, got {data_format!r}")
     spec = ARCHITECTURES[arch]
-    f = LayerFactory(DATA_FORMATS[data_format], weight_init)
+    f = LayerFactory(DATA_FORMAT_NAMES[data_format], weight_init)
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
     x = inputs

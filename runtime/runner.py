@@ -18,7 +18,7 @@ from runtime import checkpoints, environment, evaluation, inputs
 from runtime.export import export_saved_model
 from runtime.predict import list_images, predict, print_predictions, write_predictions
 from runtime.training import Trainer
-from utils import data_utils, distributed
+from utils import data_utils, distributed, modes
 from utils.core import tf_compat
 from utils.core.errors import UserError
 from utils.distributed import launcher
@@ -41,8 +41,6 @@ METRIC_UNITS = {
         for stat in ("avg", "p90", "p95", "p99")
     },
 }
-
-SINGLE_PROCESS_MODES = ("inference_benchmark", "predict")
 
 
 def _build(args, config=None):
@@ -145,13 +143,9 @@ def _train(args, dist, logger, seed, benchmark=False):
         )
     remaining = plan.total_steps - start
     steps = remaining if args.run_iter == -1 else min(args.run_iter, remaining)
-    if benchmark and steps <= args.warmup_steps:
-        dist.fail(
-            UserError(
-                f"the benchmark runs {steps} steps, not more than --warmup_steps "
-                f"({args.warmup_steps}): raise --num_iter or lower --warmup_steps"
-            )
-        )
+    too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode)
+    if benchmark and too_short:
+        dist.fail(UserError(too_short))
     if steps <= 0:
         _say(
             dist,
@@ -234,11 +228,9 @@ def mode_inference_benchmark(args, dist, logger, seed):
     if args.data_dir and args.iter_unit == "epoch":
         records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
         steps = -(-records // args.batch_size) * args.num_iter
-    if steps <= args.warmup_steps:
-        raise UserError(
-            f"the benchmark runs {steps} batches, not more than --warmup_steps "
-            f"({args.warmup_steps}): raise --num_iter or lower --warmup_steps"
-        )
+    too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode, "batches")
+    if too_short:
+        raise UserError(too_short)
     metrics = evaluation.inference_benchmark(
         model, inputs.inference_dataset(args), steps, args.warmup_steps, args.batch_size, args.xla
     )
@@ -257,7 +249,7 @@ def mode_predict(args, dist, logger, seed):
     logger.log((), {"predicted_images": len(results)})
 
 
-MODES = {
+RUNNERS = {
     "train": mode_train,
     "train_and_evaluate": mode_train_and_evaluate,
     "evaluate": mode_evaluate,
@@ -270,7 +262,7 @@ MODES = {
 def _join_processes(args):
     """The process group for this run, or None for a process that has nothing to do."""
     launched = launcher.launched_world_size()
-    if args.mode in SINGLE_PROCESS_MODES and launched > 1:
+    if modes.MODES[args.mode].single_process and launched > 1:
         if launcher.launched_rank() != 0:
             return None
         print(
@@ -300,7 +292,7 @@ def _run(args, dist):
         logger.log_parameters({**vars(args), "num_processes": dist.size})
         for metric, unit in METRIC_UNITS.items():
             logger.metadata(metric, {"unit": unit} if unit else {})
-        MODES[args.mode](args, dist, logger, seed)
+        RUNNERS[args.mode](args, dist, logger, seed)
     finally:
         logger.close()
         sys.stdout.flush()

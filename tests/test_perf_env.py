@@ -7,10 +7,11 @@ import pytest
 
 import main
 import runtime
-from utils.cmdline_helper import MODES, TRAINING_MODES
 from utils.core import perf_env
 from utils.core.errors import UserError
+from utils.modes import MODES
 
+TRAINING_MODES = [name for name, mode in MODES.items() if mode.trains]
 VAR = perf_env.FROZEN_WEIGHTS
 MODE_ARGS = {
     "evaluate": ["--data_dir", "data"],

@@ -6,19 +6,11 @@ cannot work; every problem exits through argparse with one line naming the flag.
 
 import argparse
 
+from model.config import ARCHITECTURES, DATA_FORMATS
+from utils import modes
 from utils.distributed.launcher import launched_rank
 
-ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
-MODES = (
-    "train",
-    "train_and_evaluate",
-    "evaluate",
-    "predict",
-    "training_benchmark",
-    "inference_benchmark",
-)
-BENCHMARK_MODES = ("training_benchmark", "inference_benchmark")
-TRAINING_MODES = ("train", "train_and_evaluate", "training_benchmark")
+ARCHS = tuple(ARCHITECTURES)  # the model's table, in its order
 
 
 def _positive_int(text):
@@ -55,7 +47,7 @@ def _add_general_args(p):
     )
     p.add_argument(
         "--mode",
-        choices=MODES,
+        choices=tuple(modes.MODES),
         default="train_and_evaluate",
         help="The execution mode of the script.",
     )
@@ -242,7 +234,7 @@ def _add_optimization_args(parser):
     )
     g.add_argument(
         "--data_format",
-        choices=("NHWC", "NCHW"),
+        choices=DATA_FORMATS,
         default="NHWC",
         help="Data format used to do calculations.",
     )
@@ -299,16 +291,15 @@ def _check_combinations(parser, args):
         parser.error("--dali needs --data_idx_dir (make the index with utils/dali_index.sh)")
     if args.dali and not args.data_dir:
         parser.error("--dali needs --data_dir (DALI reads TFRecords; synthetic data needs no DALI)")
-    if args.mode in ("train_and_evaluate", "evaluate") and not args.data_dir:
+    mode = modes.MODES[args.mode]
+    if mode.evaluates and not args.data_dir:
         parser.error(f"--mode {args.mode} needs --data_dir (accuracy on synthetic data is noise)")
     # Synthetic data has no epochs: --num_iter counts batches, as in the original. With
     # --iter_unit epoch on real data the runtime checks this once it knows the size.
     counts_batches = args.iter_unit == "batch" or not args.data_dir
-    if args.mode in BENCHMARK_MODES and counts_batches and args.num_iter <= args.warmup_steps:
-        parser.error(
-            f"--num_iter ({args.num_iter}) must be larger than --warmup_steps "
-            f"({args.warmup_steps}) in --mode {args.mode}: warmup steps are not measured"
-        )
+    too_short = modes.benchmark_too_short(args.num_iter, args.warmup_steps, args.mode)
+    if mode.benchmark and counts_batches and too_short:
+        parser.error(too_short)
     if args.run_iter == 0 or args.run_iter < -1:
         parser.error(
             f"--run_iter must be -1 (run to the end) or a positive integer, got {args.run_iter}"
@@ -319,7 +310,7 @@ def _check_combinations(parser, args):
         )
     if args.static_loss_scale != -1 and not args.amp:
         parser.error("--static_loss_scale only applies with --amp")
-    if args.mixup and args.mode not in TRAINING_MODES:
+    if args.mixup and not mode.trains:
         parser.error(f"--mixup only applies to training, not --mode {args.mode}")
     quant_flags = [f for f in ("use_qdq", "symmetric") if getattr(args, f)]
     if quant_flags and not args.quantize:
@@ -328,7 +319,7 @@ def _check_combinations(parser, args):
         parser.error("--quant_delay only applies with --quantize")
     # --quantize, --symmetric and --use_qdq build the QAT model in every mode (evaluating
     # or exporting a QAT checkpoint needs it); the delay only matters to training.
-    if args.quant_delay and args.mode not in TRAINING_MODES:
+    if args.quant_delay and not mode.trains:
         parser.error(f"--quant_delay only applies to training, not --mode {args.mode}")
     if not 0.0 < args.gpu_memory_fraction <= 1.0:
         parser.error(f"--gpu_memory_fraction must be in (0, 1], got {args.gpu_memory_fraction}")

@@ -54,7 +54,7 @@ import shlex
 
 import tensorflow as tf
 
-from model.resnet import IMAGENET_MEAN, IMAGENET_STD
+from model.config import IMAGENET_MEAN, IMAGENET_STD
 from utils import data_utils, image_processing
 from utils.core.errors import UserError
 from utils.data.tfrecord import count_index_records, index_problem

@@ -15,11 +15,11 @@ convolution or matmul kernel, so it must be set before then.
 
 import os
 
-from utils.cmdline_helper import TRAINING_MODES
 from utils.core.errors import UserError
+from utils.modes import MODES
 
 FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
-FROZEN_WEIGHTS_MODES = ("evaluate", "predict", "inference_benchmark")
+FROZEN_WEIGHTS_MODES = tuple(name for name, mode in MODES.items() if mode.frozen_weights)
 
 
 def configure(mode, environ=os.environ):
@@ -27,7 +27,7 @@ def configure(mode, environ=os.environ):
     weights in a training mode, where they would silently train on stale weights."""
     if mode in FROZEN_WEIGHTS_MODES:
         environ.setdefault(FROZEN_WEIGHTS, "1")
-    elif mode in TRAINING_MODES and environ.get(FROZEN_WEIGHTS, "").strip().lower() in (
+    elif MODES[mode].trains and environ.get(FROZEN_WEIGHTS, "").strip().lower() in (
         "1",
         "true",
     ):
