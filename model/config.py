@@ -80,7 +80,7 @@ class ModelConfig:
     def with_saved(self, saved: Mapping[str, Any]) -> "ModelConfig":
         """This config with a model_config.json's fields; a sidecar without the
         quantization keys is a float model's."""
-        fields = {key: False for key in self.FLAGS}
+        fields = {key: False for key in ("quantize", "symmetric", "use_qdq")}
         fields.update({key: saved[key] for key in self.SAVED if key in saved})
         return dataclasses.replace(self, **fields)
 

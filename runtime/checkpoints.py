@@ -11,45 +11,17 @@ that boundary.
 
 import json
 import os
-import tempfile
 
 import tensorflow as tf
 
 from model import quantization
-from utils.core.errors import UserError
+from model.config import ModelConfig
+from utils.core import fileio
+from utils.core.errors import UserError, tf_error_message
 
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5
 HEAD_LAYERS = ("logits_dense", "logits_conv")
-QUANT_KEYS = ("quantize", "symmetric", "use_qdq")
-BOOL_KEYS = ("use_final_conv", *QUANT_KEYS)
-
-
-def model_config(args):
-    """What a checkpoint's variables depend on; saved as model_config.json beside it."""
-    return {
-        "arch": args.arch,
-        "num_classes": args.num_classes,
-        "use_final_conv": bool(args.use_final_conv),
-        "quantize": bool(args.quantize),
-        "symmetric": bool(args.symmetric),
-        "use_qdq": bool(args.use_qdq),
-    }
-
-
-def describe(config):
-    """The flags that build the model of `config`, e.g. `--arch resnet50 --quantize`."""
-    flags = [f"--arch {config['arch']}", f"--num_classes {config['num_classes']}"]
-    flags += [f"--{key}" for key in BOOL_KEYS if config.get(key)]
-    return " ".join(flags)
-
-
-def _write_json_atomically(path, data):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _read_config(directory):
@@ -65,7 +37,7 @@ def _restore(checkpoint, prefix, problem):
     try:
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as error:
-        raise UserError(f"{problem}: {str(error).splitlines()[0][:200]}") from None
+        raise UserError(f"{problem}: {tf_error_message(error, limit=200)}") from None
 
 
 def _checkpoint_dir(path):
@@ -81,21 +53,21 @@ def resolve_checkpoint(path):
     return None
 
 
-def check_compatible(directory, config, flag="--model_dir"):
+def check_compatible(directory: str, config: ModelConfig, flag: str = "--model_dir") -> None:
     """Refuse, with one line naming the fix, a checkpoint whose model_config.json differs
     from `config`. A sidecar without the quantization keys is a float model's."""
     saved = _read_config(directory)
     if saved is None:
         return
     for key in ("arch", "num_classes"):
-        if saved.get(key) != config[key]:
+        if saved.get(key) != getattr(config, key):
             raise UserError(
                 f"checkpoint in {directory} was trained with {key}={saved.get(key)}, "
-                f"not {config[key]}: pass the same --{key} or another {flag}"
+                f"not {getattr(config, key)}: pass the same --{key} or another {flag}"
             )
-    for key in BOOL_KEYS:
+    for key in ModelConfig.FLAGS:
         was = bool(saved.get(key, False))
-        if was == bool(config.get(key, False)):
+        if was == bool(getattr(config, key)):
             continue
         fix = f"{'add' if was else 'drop'} --{key} or use another {flag}"
         if key == "quantize" and not was:
@@ -133,7 +105,7 @@ class CheckpointKeeper:
         _restore(
             self.checkpoint,
             path,
-            f"cannot restore {path}: it does not match this model ({describe(self.config)})",
+            f"cannot restore {path}: it does not match this model ({self.config.describe()})",
         )
         return path
 
@@ -141,7 +113,7 @@ class CheckpointKeeper:
         if not self.enabled:
             return None
         os.makedirs(self.model_dir, exist_ok=True)
-        _write_json_atomically(os.path.join(self.model_dir, CONFIG_FILE), self.config)
+        fileio.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config.saved())
         return self.manager.save(checkpoint_number=int(step))
 
 
@@ -154,7 +126,7 @@ def restore_model_only(model, path, config):
     _restore(
         tf.train.Checkpoint(model=model),
         prefix,
-        f"cannot restore {prefix} into {describe(config)}",
+        f"cannot restore {prefix} into {config.describe()}",
     )
     return prefix
 
@@ -171,20 +143,19 @@ def load_finetune_weights(model, path, config, build_fn, log=print):
     if prefix is None:
         raise UserError(f"--finetune_checkpoint {path}: no checkpoint found there")
     saved = _read_config(_checkpoint_dir(prefix)) or {}
-    source_config = {**config, **dict.fromkeys(QUANT_KEYS, False), **saved}
-    if source_config["arch"] != config["arch"]:
+    source_config = config.with_saved(saved)
+    if source_config.arch != config.arch:
         raise UserError(
-            f"--finetune_checkpoint {path} holds a {source_config['arch']} model, "
-            f"not {config['arch']}"
+            f"--finetune_checkpoint {path} holds a {source_config.arch} model, not {config.arch}"
         )
     source = build_fn(source_config)
     _restore(
         tf.train.Checkpoint(model=source),
         prefix,
-        f"--finetune_checkpoint {path} does not match {describe(source_config)}",
+        f"--finetune_checkpoint {path} does not match {source_config.describe()}",
     )
     skipped = []
-    if source_config["num_classes"] != config["num_classes"]:
+    if source_config.num_classes != config.num_classes:
         skipped = [layer.name for layer in model.layers if layer.name in HEAD_LAYERS]
     try:
         quantization.copy_float_weights(source, model, skip=skipped)
@@ -192,8 +163,8 @@ def load_finetune_weights(model, path, config, build_fn, log=print):
         raise UserError(f"--finetune_checkpoint {path}: {error}") from None
     if skipped:
         log(
-            f"fine-tuning from {prefix}: its head has {source_config['num_classes']} classes, "
-            f"this model {config['num_classes']}; {', '.join(skipped)} keeps its fresh "
+            f"fine-tuning from {prefix}: its head has {source_config.num_classes} classes, "
+            f"this model {config.num_classes}; {', '.join(skipped)} keeps its fresh "
             "initialisation"
         )
     return prefix

@@ -13,7 +13,7 @@ rank 0 alone; the other processes exit at once, without starting Horovod.
 import functools
 import sys
 
-from model import build_model, quantization
+from model import ModelConfig, build
 from runtime import checkpoints, environment, evaluation, inputs
 from runtime.export import export_saved_model
 from runtime.predict import list_images, predict, print_predictions, write_predictions
@@ -41,28 +41,6 @@ METRIC_UNITS = {
         for stat in ("avg", "p90", "p95", "p99")
     },
 }
-
-
-def _build(args, config=None):
-    """The model of `config` (a `checkpoints.model_config`; default: the flags'): the
-    float model, or with `quantize` its QAT copy (`model/quantization.py`)."""
-    config = config or checkpoints.model_config(args)
-    model = build_model(
-        config["arch"],
-        num_classes=config["num_classes"],
-        data_format=args.data_format,
-        weight_init=args.weight_init,
-        use_final_conv=config["use_final_conv"],
-        normalize_input=not args.dali,  # DALI delivers normalised images
-    )
-    if not config["quantize"]:
-        return model
-    return quantization.quantize_model(
-        model,
-        symmetric=config["symmetric"],
-        use_qdq=config["use_qdq"],
-        quant_delay=args.quant_delay,
-    )
 
 
 def _say(dist, message):
@@ -96,7 +74,7 @@ def optimizer_state(optimizer):
     return state
 
 
-def _restore(args, dist, keeper, model, optimizer):
+def _restore(args, config, dist, keeper, model, optimizer):
     """Rank 0's part of resuming: the newest checkpoint in --model_dir, else fine-tune
     weights if asked; the other ranks get the result by broadcast."""
     restored = keeper.restore_latest()
@@ -106,28 +84,28 @@ def _restore(args, dist, keeper, model, optimizer):
         checkpoints.load_finetune_weights(
             model,
             args.finetune_checkpoint,
-            checkpoints.model_config(args),
-            functools.partial(_build, args),
+            config,
+            build,
             log=functools.partial(_say, dist),
         )
 
 
-def _train(args, dist, logger, seed, benchmark=False):
+def _train(args, config, dist, logger, seed, benchmark=False):
     keeper = None
     with dist.agree_on_errors():
         plan = inputs.plan_steps(args, dist)
-        model = _build(args)
+        model = build(config)
         schedule, optimizer = _make_optimizer(args, dist, plan, model)
         if not benchmark:
             keeper = checkpoints.CheckpointKeeper(
                 args.model_dir,
                 model,
                 optimizer,
-                checkpoints.model_config(args),
+                config,
                 enabled=dist.is_chief,
             )
             if dist.is_chief:
-                _restore(args, dist, keeper, model, optimizer)
+                _restore(args, config, dist, keeper, model, optimizer)
     state = optimizer_state(optimizer)
     dist.broadcast_variables(model.variables)
     dist.broadcast_variables(state)
@@ -188,26 +166,25 @@ def _export(args, dist, model):
             print(f"exported SavedModel to {path}", flush=True)
 
 
-def mode_train(args, dist, logger, seed):
-    model, result = _train(args, dist, logger, seed)
+def mode_train(args, config, dist, logger, seed):
+    model, result = _train(args, config, dist, logger, seed)
     if not result["stopped"]:
         _export(args, dist, model)
 
 
-def mode_train_and_evaluate(args, dist, logger, seed):
-    model, result = _train(args, dist, logger, seed)
+def mode_train_and_evaluate(args, config, dist, logger, seed):
+    model, result = _train(args, config, dist, logger, seed)
     if result["stopped"]:
         return
     _evaluate(args, dist, logger, model)
     _export(args, dist, model)
 
 
-def mode_evaluate(args, dist, logger, seed):
+def mode_evaluate(args, config, dist, logger, seed):
     del seed
     with dist.agree_on_errors():
-        model = _build(args)
+        model = build(config)
         if dist.is_chief:  # the other ranks get the weights by broadcast
-            config = checkpoints.model_config(args)
             path = checkpoints.restore_model_only(model, args.model_dir, config)
             _say(dist, f"evaluating {path}")
     dist.broadcast_variables(model.variables)
@@ -215,15 +192,15 @@ def mode_evaluate(args, dist, logger, seed):
     _export(args, dist, model)
 
 
-def mode_training_benchmark(args, dist, logger, seed):
-    _train(args, dist, logger, seed, benchmark=True)
+def mode_training_benchmark(args, config, dist, logger, seed):
+    _train(args, config, dist, logger, seed, benchmark=True)
 
 
-def mode_inference_benchmark(args, dist, logger, seed):
+def mode_inference_benchmark(args, config, dist, logger, seed):
     del seed, dist
-    model = _build(args)
+    model = build(config)
     if checkpoints.resolve_checkpoint(args.model_dir):
-        checkpoints.restore_model_only(model, args.model_dir, checkpoints.model_config(args))
+        checkpoints.restore_model_only(model, args.model_dir, config)
     steps = args.num_iter
     if args.data_dir and args.iter_unit == "epoch":
         records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
@@ -237,11 +214,11 @@ def mode_inference_benchmark(args, dist, logger, seed):
     logger.log((), metrics)
 
 
-def mode_predict(args, dist, logger, seed):
+def mode_predict(args, config, dist, logger, seed):
     del seed, dist
     paths = list_images(args.to_predict)
-    model = _build(args)
-    checkpoints.restore_model_only(model, args.model_dir, checkpoints.model_config(args))
+    model = build(config)
+    checkpoints.restore_model_only(model, args.model_dir, config)
     results = predict(model, paths, args.image_size, args.batch_size, args.num_classes)
     print_predictions(results)
     path = write_predictions(results, args.results_dir)
@@ -292,7 +269,7 @@ def _run(args, dist):
         logger.log_parameters({**vars(args), "num_processes": dist.size})
         for metric, unit in METRIC_UNITS.items():
             logger.metadata(metric, {"unit": unit} if unit else {})
-        RUNNERS[args.mode](args, dist, logger, seed)
+        RUNNERS[args.mode](args, ModelConfig.from_args(args), dist, logger, seed)
     finally:
         logger.close()
         sys.stdout.flush()

@@ -27,14 +27,29 @@ def run_main(*argv, timeout=900, check=True):
     return proc
 
 
+LOG_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "step", "data"}
+
+
+def read_log(results_dir, name="log.json"):
+    """The records of a run's DLLogger file; every line must be `DLLL {json}`."""
+    records = []
+    for line in Path(results_dir, name).read_text().splitlines():
+        assert line.startswith("DLLL {"), line
+        record = json.loads(line[len("DLLL ") :])
+        if record["type"] == "LOG":
+            assert set(record) >= LOG_KEYS, record
+        records.append(record)
+    return records
+
+
+def logged(records, key):
+    """Every value of `key` in the LOG records, in order."""
+    return [r["data"][key] for r in records if r["type"] == "LOG" and key in r.get("data", {})]
+
+
 def logged_values(results_dir, key, name="log.json"):
     """Every value of `key` in the LOG records of a run's DLLogger file, in order."""
-    values = []
-    for line in Path(results_dir, name).read_text().splitlines():
-        record = json.loads(line[len("DLLL ") :])
-        if record["type"] == "LOG" and key in record.get("data", {}):
-            values.append(record["data"][key])
-    return values
+    return logged(read_log(results_dir, name), key)
 
 
 def reachable_op_types(graph_def):

@@ -18,7 +18,7 @@ from model.resnet import IMAGENET_MEAN, IMAGENET_STD
 from tests.support import logged_values, run_main
 from utils import dali_utils, data_utils
 from utils.core.errors import UserError
-from utils.tools import dali_index, sample_data
+from utils.tools import dali_index
 
 pytest.importorskip("nvidia.dali.plugin.tf")
 
@@ -29,8 +29,8 @@ BATCH = 32
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return sample_data.ensure_sample_data(str(tmp_path_factory.mktemp("cache")))
+def data_dir(sample_data):
+    return sample_data
 
 
 @pytest.fixture(scope="module")

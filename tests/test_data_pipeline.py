@@ -16,9 +16,8 @@ from utils.tools import sample_data
 
 
 @pytest.fixture(scope="module")
-def sample_data_dir(tmp_path_factory):
-    """The real sample dataset, built once per module through the converter."""
-    return sample_data.ensure_sample_data(str(tmp_path_factory.mktemp("cache")))
+def sample_data_dir(sample_data):
+    return sample_data
 
 
 def jpeg(seed, size=(24, 32)):
@@ -122,9 +121,7 @@ def test_count_records_caches_and_invalidates(tmp_path, monkeypatch):
 
     counted = []
     real_count = data_utils._count_file
-    monkeypatch.setattr(
-        data_utils, "_count_file", lambda p, s: counted.append(p) or real_count(p, s)
-    )
+    monkeypatch.setattr(data_utils, "_count_file", lambda p: counted.append(p) or real_count(p))
     assert data_utils.count_records(files) == 5
     assert counted == []  # both from the cache
 

@@ -10,7 +10,6 @@ Each launcher runs three jobs, shared by the tests below to stay within a few mi
 `tests/dump_weights_main.py` (main.py that saves each rank's final variables) runs both.
 """
 
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.tools.sample_data import ensure_sample_data
+from tests.support import logged, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -84,17 +83,6 @@ def _rank_tracebacks(launcher, proc):
     return [line for line in lines if line.startswith("Traceback")]
 
 
-def _read_log(results_dir):
-    records = []
-    for line in Path(results_dir, "log.json").read_text().splitlines():
-        records.append(json.loads(line[len("DLLL ") :]))
-    return records
-
-
-def _logged(records, key):
-    return [r["data"][key] for r in records if r["type"] == "LOG" and key in r.get("data", {})]
-
-
 def _dumps(directory):
     ranks = [np.load(directory / f"rank{r}.npz") for r in (0, 1)]
     assert ranks[0].files == ranks[1].files and len(ranks[0].files) > 100
@@ -143,7 +131,8 @@ def _rank_pid(tag, rank):
 
 def _single_process_evaluation(model_dir, data_dir):
     """evaluate() of the checkpoint in this (single) process, as `--mode evaluate` runs it."""
-    from runtime import checkpoints, evaluation, inputs, runner
+    from model import ModelConfig, build
+    from runtime import checkpoints, evaluation, inputs
     from utils.cmdline_helper import parse_cmdline
     from utils.distributed import SingleProcess
 
@@ -151,15 +140,11 @@ def _single_process_evaluation(model_dir, data_dir):
         ["--arch", "resnet50", "--mode", "evaluate", "--batch_size", "16", "--data_dir",
          str(data_dir), "--image_size", "32", "--num_classes", "10"]
     )  # fmt: skip
-    model = runner._build(args)
-    checkpoints.restore_model_only(model, str(model_dir), checkpoints.model_config(args))
+    config = ModelConfig.from_args(args)
+    model = build(config)
+    checkpoints.restore_model_only(model, str(model_dir), config)
     dist = SingleProcess()
     return evaluation.evaluate(model, inputs.evaluation_dataset(args, dist), dist, False)
-
-
-@pytest.fixture(scope="module")
-def sample_data():
-    return ensure_sample_data()
 
 
 @pytest.fixture(scope="module", params=sorted(LAUNCHERS))
@@ -267,13 +252,13 @@ def test_both_ranks_hold_the_same_weights_after_training(stopped_run, resumed_ru
 
 
 def test_throughput_is_logged_for_the_job_and_per_rank(stopped_run):
-    records = _read_log(stopped_run["results"])
+    records = read_log(stopped_run["results"])
     params = next(r for r in records if r.get("step") == "PARAMETER")["data"]
     assert params["num_processes"] == 2
-    per_rank = _logged(records, "train_throughput_per_rank")[-1]
+    per_rank = logged(records, "train_throughput_per_rank")[-1]
     assert len(per_rank) == 2 and all(v > 0 for v in per_rank)
     slowest_seconds = max(4 / v for v in per_rank)  # per rank: batch 4 x steps / seconds
-    assert _logged(records, "train_throughput")[-1] == pytest.approx(2 * 4 / slowest_seconds)
+    assert logged(records, "train_throughput")[-1] == pytest.approx(2 * 4 / slowest_seconds)
     # The learning rate and epochs follow the global batch (2 x 4): 600 images, 75 steps.
     from utils.learning_rate import WarmupDecaySchedule
 
@@ -283,7 +268,7 @@ def test_throughput_is_logged_for_the_job_and_per_rank(stopped_run):
     )  # fmt: skip
     steps = [r["step"][1] for r in records if r["type"] == "LOG" and len(r["step"]) == 2]
     expected = [float(schedule(step - 1)) for step in steps]
-    assert _logged(records, "learning_rate") == pytest.approx(expected)
+    assert logged(records, "learning_rate") == pytest.approx(expected)
 
 
 def test_a_two_process_run_resumes_from_the_checkpoint(stopped_run, resumed_run):
@@ -294,11 +279,11 @@ def test_a_two_process_run_resumes_from_the_checkpoint(stopped_run, resumed_run)
 
 
 def test_distributed_evaluation_equals_single_process_evaluation(resumed_run, sample_data):
-    records = _read_log(resumed_run["results"])
+    records = read_log(resumed_run["results"])
     single = _single_process_evaluation(resumed_run["results"], sample_data)
-    assert single["eval_images"] == _logged(records, "eval_images")[-1] == 200
-    assert _logged(records, "top1_accuracy")[-1] == single["top1_accuracy"]
-    assert _logged(records, "top5_accuracy")[-1] == single["top5_accuracy"]
+    assert single["eval_images"] == logged(records, "eval_images")[-1] == 200
+    assert logged(records, "top1_accuracy")[-1] == single["top1_accuracy"]
+    assert logged(records, "top5_accuracy")[-1] == single["top5_accuracy"]
 
 
 def test_a_user_error_under_mpiexec_is_one_line_and_fails_the_job(tmp_path):

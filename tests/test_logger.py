@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.support import read_log
 from utils.logs import dllogger_compat
 from utils.logs.dllogger_compat import Logger, format_step, to_builtin
 from utils.logs.progress import Progress, format_duration
@@ -22,9 +23,7 @@ def own_writer(monkeypatch):
 
 
 def read_records(path):
-    lines = path.read_text().splitlines()
-    assert lines and all(line.startswith("DLLL {") for line in lines)
-    return [json.loads(line[len("DLLL ") :]) for line in lines]
+    return read_log(path.parent, path.name)
 
 
 def write_sample_run(results_dir):

@@ -10,15 +10,14 @@ import pytest
 import tensorflow as tf
 
 import main
-from model import build_model
+from model import ModelConfig, build, build_model
 from model import quantization as qat
-from runtime import checkpoints, runner
+from runtime import checkpoints
 from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types, run_main
 from tests.support import logged_values as logged
 from utils import data_utils
 from utils.cmdline_helper import parse_cmdline
 from utils.core.tf_compat import keras
-from utils.tools.sample_data import ensure_sample_data
 
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]
 QAT_EPOCHS = 2
@@ -46,11 +45,6 @@ def main_in_process(argv, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return code, [line for line in err.splitlines() if line.startswith("main.py: error:")]
-
-
-@pytest.fixture(scope="module")
-def sample_data():
-    return ensure_sample_data()
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +81,9 @@ def qat_run(sample_data, float_run, tmp_path_factory):
 def restored_qat_model(model_dir):
     """The QAT model main.py builds for `--quantize`, restored from `model_dir`."""
     args = parse_cmdline([*QAT_FLAGS, "--mode", "train", "--batch_size", "4"])
-    model = runner._build(args)
-    checkpoints.restore_model_only(model, str(model_dir), checkpoints.model_config(args))
+    config = ModelConfig.from_args(args)
+    model = build(config)
+    checkpoints.restore_model_only(model, str(model_dir), config)
     return model
 
 
@@ -210,18 +205,18 @@ def test_qat_with_amp_and_qdq_trains_and_exports_qdq_ops(tmp_path):
 
 
 def tiny_model(config):
-    """A conv and a head named like the real ones; QAT when config["quantize"]."""
+    """A conv and a head named like the real ones; QAT when config.quantize."""
     inputs = keras.Input((4, 4, 3))
     x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(config["num_classes"], name="logits_dense")(x))
-    return qat.quantize_model(model) if config["quantize"] else model
+    model = keras.Model(inputs, keras.layers.Dense(config.num_classes, name="logits_dense")(x))
+    return qat.quantize_model(model) if config.quantize else model
 
 
-def save_with_sidecar(model, directory, config):
+def save_with_sidecar(model, directory, sidecar):
     tf.train.Checkpoint(model=model).save(str(directory / "ckpt"))
-    if config is not None:
-        (directory / checkpoints.CONFIG_FILE).write_text(json.dumps(config))
+    if sidecar is not None:
+        (directory / checkpoints.CONFIG_FILE).write_text(json.dumps(sidecar))
 
 
 @pytest.mark.parametrize("source_kind", ["float", "qat", "float-legacy-sidecar"])
@@ -230,11 +225,12 @@ def test_finetune_copies_float_weights_across_float_and_qat(tmp_path, source_kin
     float_config = {**base, "quantize": False, "symmetric": False, "use_qdq": False}
     source_config = {**float_config, "quantize": source_kind == "qat"}
     keras.utils.set_random_seed(4)
-    source = tiny_model(source_config)
+    source = tiny_model(ModelConfig(**source_config))
     sidecar = base if source_kind == "float-legacy-sidecar" else source_config
     save_with_sidecar(source, tmp_path, sidecar)
     # The target is the other kind, with another class count.
     target_config = {**float_config, "num_classes": 5, "quantize": source_kind != "qat"}
+    target_config = ModelConfig(**target_config)
     target = tiny_model(target_config)
     messages = []
     checkpoints.load_finetune_weights(

@@ -12,32 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.support import run_main
-from utils.tools.sample_data import ensure_sample_data
+from tests.support import logged, read_log, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]
-LOG_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "step", "data"}
-
-
-@pytest.fixture(scope="module")
-def sample_data():
-    return ensure_sample_data()
-
-
-def read_log(results_dir, name="log.json"):
-    records = []
-    for line in Path(results_dir, name).read_text().splitlines():
-        assert line.startswith("DLLL "), line
-        record = json.loads(line[len("DLLL ") :])
-        if record["type"] == "LOG":
-            assert set(record) >= LOG_KEYS, record
-        records.append(record)
-    return records
-
-
-def logged(records, key):
-    return [r["data"][key] for r in records if r["type"] == "LOG" and key in r.get("data", {})]
 
 
 def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_path):

@@ -50,8 +50,8 @@ def walk_records(path: str) -> Iterator[Tuple[int, int]]:
             header = os.pread(f.fileno(), HEADER, offset)
             if len(header) < HEADER:
                 raise RecordFileError(
-                    f"{path}: truncated TFRecord file (ends inside the header of record "
-                    f"{count} at byte {offset})"
+                    f"{path}: truncated record file (record {count} runs past the end of the "
+                    f"file) inside its header at byte {offset}"
                 )
             length, length_crc = struct.unpack("<QI", header)
             if masked_crc32c(header[:8]) != length_crc:
@@ -61,8 +61,8 @@ def walk_records(path: str) -> Iterator[Tuple[int, int]]:
             record_size = HEADER + length + FOOTER
             if offset + record_size > size:
                 raise RecordFileError(
-                    f"{path}: truncated TFRecord file (record {count} at byte {offset} "
-                    f"needs {record_size} bytes, the file has {size - offset} left)"
+                    f"{path}: truncated record file (record {count} runs past the end of the "
+                    f"file) at byte {offset}: it needs {record_size} bytes, {size - offset} left"
                 )
             yield offset, record_size
             offset += record_size

@@ -35,7 +35,7 @@ VALIDATION_PER_CLASS = 20
 NUM_CLASSES = 10
 CLASS_TEXTS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _STAMP = ".sample_data_version"
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cache_root(root=None):
