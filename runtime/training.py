@@ -155,15 +155,13 @@ class Trainer:
         `benchmark_warmup`: in benchmark mode, time every step and leave out this many.
         Otherwise throughput is measured from the end of the first step (compilation) on.
         """
-        args, dist = self.args, self.dist
+        dist = self.dist
         start = self.step
         iterator = iter(dataset)
         progress = Progress(start + steps, self.global_batch, label="train", enabled=dist.is_chief)
-        step_times = []
-        window_start, window_steps = time.perf_counter(), 0
-        first_step_end = None
-        stopped_by = []
-        warned_nan = False
+        self._window = [time.perf_counter(), 0]  # start time, steps since the last log line
+        self._warned_nan = False
+        step_times, first_step_end, stopped_by = [], None, []
         with StopRequest() as stop:
             for i in range(steps):
                 batch, error = None, None
@@ -179,33 +177,53 @@ class Trainer:
                 factor = distributed.FIRST_STEP_FACTOR if i == 0 else 1  # compiles
                 with dist.watch(f"training step {step}", factor):
                     images, targets = targets_fn(*batch, tf.constant(step - 1, tf.int64))
-                    ce, l2, total = self.step_fn(images, targets)
+                    losses = self.step_fn(images, targets)
                     if benchmark_warmup is not None:
-                        total.numpy()
+                        losses[2].numpy()
                         step_times.append(time.perf_counter() - t0)
-                window_steps += 1
-                save_now = self.keeper is not None and step % CHECKPOINT_EVERY == 0
-                if step % args.display_every == 0 or i == steps - 1 or save_now:
-                    values = [float(v) for v in dist.mean([ce, l2, total])]
-                    diverged = _divergence(values[2], step, args)
-                    if diverged is not None and benchmark_warmup is None:
-                        dist.fail(diverged)
-                    if diverged is not None and not warned_nan and dist.is_chief:
-                        warned_nan = True  # a benchmark measures speed: it goes on
-                        print(f"warning: {values[2]} loss at step {step}", file=sys.stderr)
-                    now = time.perf_counter()
-                    img_s = self.global_batch * window_steps / (now - window_start)
-                    window_start, window_steps = now, 0
-                    self._log_step(step, img_s, *values)
+                self._after_step(step, losses, last=i == steps - 1, benchmark=benchmark_warmup)
                 progress.update(step)
-                if save_now:
-                    self.keeper.save(step)
                 if first_step_end is None:
                     first_step_end = time.perf_counter()
             else:
                 stopped_by = self._sync(stop, None)  # a signal during the last step
         train_end = time.perf_counter()
         progress.close()
+        ran = self._finish(start, stopped_by)
+        result = {"steps": ran, "stopped": bool(stopped_by)}
+        if benchmark_warmup is not None:
+            measured = step_times[benchmark_warmup:]
+            if measured:
+                result.update(self._throughput(len(measured), sum(measured)))
+                result["train_step_time_median_ms"] = 1000 * float(np.median(measured))
+        elif ran > 1:
+            result.update(self._throughput(ran - 1, train_end - first_step_end))
+        return result
+
+    def _after_step(self, step, losses, last, benchmark):
+        """Log every --display_every steps (and at the last step and before a save), stop
+        on a diverged loss (a benchmark only warns), save every CHECKPOINT_EVERY steps."""
+        args, dist = self.args, self.dist
+        self._window[1] += 1
+        save_now = self.keeper is not None and step % CHECKPOINT_EVERY == 0
+        if step % args.display_every == 0 or last or save_now:
+            values = [float(v) for v in dist.mean(list(losses))]
+            diverged = _divergence(values[2], step, args)
+            if diverged is not None and benchmark is None:
+                dist.fail(diverged)
+            if diverged is not None and not self._warned_nan and dist.is_chief:
+                self._warned_nan = True  # a benchmark measures speed: it goes on
+                print(f"warning: {values[2]} loss at step {step}", file=sys.stderr)
+            now = time.perf_counter()
+            img_s = self.global_batch * self._window[1] / (now - self._window[0])
+            self._window = [now, 0]
+            self._log_step(step, img_s, *values)
+        if save_now:
+            self.keeper.save(step)
+
+    def _finish(self, start, stopped_by):
+        """Save the last step unless just saved, say who stopped training; steps run."""
+        dist = self.dist
         ran = self.step - start
         if self.keeper is not None and ran and self.step % CHECKPOINT_EVERY:
             self.keeper.save(self.step)
@@ -219,15 +237,7 @@ class Trainer:
                 f"training stopped by {'/'.join(names)}{where} at step {self.step}{saved}",
                 flush=True,
             )
-        result = {"steps": ran, "stopped": bool(stopped_by)}
-        if benchmark_warmup is not None:
-            measured = step_times[benchmark_warmup:]
-            if measured:
-                result.update(self._throughput(len(measured), sum(measured)))
-                result["train_step_time_median_ms"] = 1000 * float(np.median(measured))
-        elif ran > 1:
-            result.update(self._throughput(ran - 1, train_end - first_step_end))
-        return result
+        return ran
 
     def _sync(self, stop, error):
         """Before each step (and after the last): every rank learns whether any rank has a

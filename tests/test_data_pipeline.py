@@ -12,6 +12,7 @@ import tensorflow as tf
 from utils import data_utils, image_processing
 from utils.core.errors import UserError
 from utils.core.tf_compat import keras
+from utils.data import files as files_module
 from utils.tools import sample_data
 
 
@@ -120,8 +121,8 @@ def test_count_records_caches_and_invalidates(tmp_path, monkeypatch):
     }
 
     counted = []
-    real_count = data_utils._count_file
-    monkeypatch.setattr(data_utils, "_count_file", lambda p: counted.append(p) or real_count(p))
+    real_count = files_module._count_file
+    monkeypatch.setattr(files_module, "_count_file", lambda p: counted.append(p) or real_count(p))
     assert data_utils.count_records(files) == 5
     assert counted == []  # both from the cache
 

@@ -7,7 +7,7 @@ cannot work; every problem exits through argparse with one line naming the flag.
 import argparse
 
 from model.config import ARCHITECTURES, DATA_FORMATS
-from utils import modes
+from utils import checks, modes
 from utils.distributed.launcher import launched_rank
 
 ARCHS = tuple(ARCHITECTURES)  # the model's table, in its order
@@ -304,10 +304,8 @@ def _check_combinations(parser, args):
         parser.error(
             f"--run_iter must be -1 (run to the end) or a positive integer, got {args.run_iter}"
         )
-    if args.static_loss_scale != -1 and args.static_loss_scale <= 0:
-        parser.error(
-            f"--static_loss_scale must be positive or -1 (dynamic), got {args.static_loss_scale}"
-        )
+    if checks.loss_scale_problem(args.static_loss_scale):
+        parser.error(checks.loss_scale_problem(args.static_loss_scale))
     if args.static_loss_scale != -1 and not args.amp:
         parser.error("--static_loss_scale only applies with --amp")
     if args.mixup and not mode.trains:

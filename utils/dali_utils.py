@@ -57,6 +57,7 @@ import tensorflow as tf
 from model.config import IMAGENET_MEAN, IMAGENET_STD
 from utils import data_utils, image_processing
 from utils.core.errors import UserError
+from utils.data.files import check_shard
 from utils.data.tfrecord import count_index_records, index_problem
 
 DEVICES = ("cpu", "gpu")
@@ -103,7 +104,7 @@ def index_files(data_dir, idx_dir, split):
 def dali_shard_size(total, num_shards, shard_index):
     """Records in DALI's shard `shard_index` of `num_shards` over `total` records: DALI
     gives shard i the contiguous range [total * i // n, total * (i + 1) // n)."""
-    _check_shard(num_shards, shard_index)
+    check_shard(num_shards, shard_index)
     return total * (shard_index + 1) // num_shards - total * shard_index // num_shards
 
 
@@ -118,11 +119,6 @@ def _total(data_dir, indexes, num_shards):
             "DALI needs at least one record per process"
         )
     return total
-
-
-def _check_shard(num_shards, shard_index):
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index}, {num_shards}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,7 +282,7 @@ def train_dataset(
 ):
     """Infinite DALIDataset of augmented training batches of this process's shard:
     (images float32 [B, S, S, 3], labels int32 [B] 0-based). See the module docstring."""
-    _check_shard(num_shards, shard_index)
+    check_shard(num_shards, shard_index)
     files, indexes = index_files(data_dir, idx_dir, "train")
     size = dali_shard_size(_total(data_dir, indexes, num_shards), num_shards, shard_index)
     return _build(
@@ -323,7 +319,7 @@ def eval_dataset(
     `num_images`: the shard's number of images; the shards of all processes add up to the
     validation set. Iterate `real_batches(dataset, num_images)` to see each image once.
     """
-    _check_shard(num_shards, shard_index)
+    check_shard(num_shards, shard_index)
     files, indexes = index_files(data_dir, idx_dir, "validation")
     num_images = dali_shard_size(_total(data_dir, indexes, num_shards), num_shards, shard_index)
     dataset = _build(

@@ -30,19 +30,16 @@ is read-only. A cached entry is reused while the file's size and mtime are uncha
 """
 
 import functools
-import hashlib
-import json
 import logging
-import os
 import random
 import threading
 
 import tensorflow as tf
 
 from utils import image_processing
-from utils.core import fileio
 from utils.core.errors import UserError, tf_error_message
-from utils.data import schema, tfrecord
+from utils.data import schema
+from utils.data.files import check_shard, count_records, list_files, shard_files, shard_size
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +48,6 @@ SPLITS = schema.SPLITS
 TRAIN_SHUFFLE_BUFFER = 10_000  # records; about 1.1 GB of ImageNet JPEGs per process
 INTERLEAVE_CYCLE = 10
 PROBE_RECORDS = 8
-RECORD_COUNT_CACHE = ".record_counts.json"
 
 _TRAIN_FEATURES = {
     schema.ENCODED: tf.io.FixedLenFeature([], tf.string),
@@ -74,131 +70,6 @@ _RECORD_FIELDS = {
     "height": schema.HEIGHT,
     "width": schema.WIDTH,
 }
-
-
-# ---------------------------------------------------------------------------------------
-# Files, shards, counts
-
-
-def list_files(data_dir, split):
-    """Sorted paths of the `<split>-*` files in `data_dir` (split: train or validation)."""
-    schema.check_split(split)
-    expected = (
-        f"TFRecord files named {split}-00000-of-NNNNN (utils/tools/build_tfrecords.py writes them)"
-    )
-    if not data_dir or not os.path.isdir(data_dir):
-        raise UserError(
-            f"data directory {data_dir!r} does not exist; --data_dir must hold {expected}"
-        )
-    names = sorted(name for name in os.listdir(data_dir) if not name.startswith("."))
-    if not names:
-        raise UserError(f"data directory {data_dir!r} is empty; --data_dir must hold {expected}")
-    files = [
-        os.path.join(data_dir, name)
-        for name in names
-        if schema.is_split_file(name, split) and os.path.isfile(os.path.join(data_dir, name))
-    ]
-    if not files:
-        found = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise UserError(
-            f"data directory {data_dir!r} has no {split}-* files (found: {found}); "
-            f"expected {expected}"
-        )
-    return files
-
-
-def shard_files(files, num_shards, shard_index):
-    """The files process `shard_index` of `num_shards` trains on: every num_shards-th file."""
-    _check_shard(num_shards, shard_index)
-    return list(files[shard_index::num_shards])
-
-
-def shard_size(total, num_shards, shard_index):
-    """How many of `total` records fall in a record-level shard (index % num_shards)."""
-    _check_shard(num_shards, shard_index)
-    return max(0, (total - shard_index + num_shards - 1) // num_shards)
-
-
-def count_records(files, cache_dir=None):
-    """Total number of records in `files`, counted once and cached (see module docstring)."""
-    total = 0
-    by_dir = {}
-    for path in files:
-        by_dir.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
-    for directory, paths in by_dir.items():
-        total += sum(_counts_in_dir(directory, paths, cache_dir).values())
-    return total
-
-
-def _counts_in_dir(directory, paths, cache_dir):
-    cache_paths = [os.path.join(directory, RECORD_COUNT_CACHE)]
-    if cache_dir:
-        digest = hashlib.sha1(directory.encode()).hexdigest()[:16]
-        cache_paths.append(os.path.join(cache_dir, f"record_counts-{digest}.json"))
-    cached = {}
-    for cache_path in reversed(cache_paths):  # the copy next to the data wins
-        cached.update(_read_json(cache_path))
-
-    counts, fresh = {}, {}
-    for path in paths:
-        name = os.path.basename(path)
-        try:
-            stat = os.stat(path)
-        except OSError as e:
-            raise UserError(f"{path}: cannot read record file ({e.strerror})") from None
-        entry = cached.get(name)
-        if (
-            entry
-            and entry.get("size") == stat.st_size
-            and entry.get("mtime_ns") == stat.st_mtime_ns
-        ):
-            counts[name] = entry["records"]
-            continue
-        counts[name] = _count_file(path)
-        fresh[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "records": counts[name]}
-
-    if fresh:
-        for cache_path in cache_paths:
-            if _update_json(cache_path, fresh):
-                break
-        else:
-            logger.info("record counts for %s not cached: no writable location", directory)
-    return counts
-
-
-def _count_file(path):
-    """Count records by walking the length headers; payload CRCs are left to the reader."""
-    fix = "re-create it (utils/tools/build_tfrecords.py) or remove it from the data directory"
-    try:
-        return sum(1 for _ in tfrecord.walk_records(path))
-    except tfrecord.RecordFileError as e:
-        raise UserError(f"{e}; {fix}") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read record file ({e.strerror})") from None
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _update_json(path, entries):
-    """Merge `entries` into the JSON object at `path` atomically. False if not writable."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fileio.write_json(path, {**_read_json(path), **entries})
-    except OSError:
-        return False
-    return True
-
-
-def _check_shard(num_shards, shard_index):
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index}, {num_shards}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,7 +227,7 @@ def train_dataset(
     the current epoch before that point are read again, and none is decoded.
     """
     files = list_files(data_dir, "train")
-    _check_shard(num_shards, shard_index)
+    check_shard(num_shards, shard_index)
     deterministic = seed is not None
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)

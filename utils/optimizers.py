@@ -14,6 +14,7 @@ around the scaled loss, before `get_unscaled_gradients`), so nothing here change
 
 import tensorflow as tf
 
+from utils.checks import DYNAMIC_LOSS_SCALE, loss_scale_problem
 from utils.core import tf_compat
 from utils.core.errors import UserError
 from utils.core.tf_compat import keras
@@ -49,10 +50,11 @@ def build_optimizer(learning_rate, momentum, amp, static_loss_scale):
     optimizer = MomentumSGD(learning_rate=learning_rate, momentum=momentum)
     if not amp:
         return optimizer
-    if static_loss_scale == -1:
+    problem = loss_scale_problem(static_loss_scale)
+    if problem:
+        raise UserError(problem)
+    if static_loss_scale == DYNAMIC_LOSS_SCALE:
         return keras.mixed_precision.LossScaleOptimizer(optimizer)
-    if static_loss_scale <= 0:
-        raise UserError(f"--static_loss_scale must be positive or -1, got {static_loss_scale}")
     return keras.mixed_precision.LossScaleOptimizer(
         optimizer, dynamic=False, initial_scale=float(static_loss_scale)
     )
