@@ -44,15 +44,11 @@ def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_
     assert serve.structured_input_signature[1]["input_tensor"].shape.as_list() == [None, 32, 32, 3]
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     outputs = serve(input_tensor=tf.constant(images))
-    from model import build_model
+    from model import ModelConfig, build_model
     from runtime.checkpoints import restore_model_only
 
     model = build_model("resnet50", num_classes=10, weight_init="fan_in")
-    restore_model_only(
-        model,
-        str(results),
-        {"arch": "resnet50", "num_classes": 10, "use_final_conv": False},
-    )
+    restore_model_only(model, str(results), ModelConfig(arch="resnet50", num_classes=10))
     expected = tf.nn.softmax(model(images, training=False)).numpy()
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(1))
