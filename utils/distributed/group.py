@@ -29,42 +29,66 @@ class SingleProcess:
     is_chief = True
 
     def gradient_tape(self, tape):
+        """`tape`, wrapped so its gradients come out averaged over ranks.
+
+        Args:
+          tape: the step's `tf.GradientTape`.
+        """
         return tape
 
-    def average_gradients(self, grads):
+    def average_gradients(self, grads: list) -> list:
+        """Gradients averaged over ranks (for steps that do not use `gradient_tape`).
+
+        Args:
+          grads: this rank's gradients, still loss-scaled under --amp.
+        """
         return grads
 
-    def broadcast_variables(self, variables):
+    def broadcast_variables(self, variables: list) -> None:
+        """Give every rank rank 0's values of `variables` (model, optimizer state)."""
         del variables
 
-    def sum(self, value):
+    def sum(self, value) -> np.ndarray:
+        """`value` (a number or array) summed over ranks."""
         return np.asarray(value)
 
-    def mean(self, values):
+    def mean(self, values) -> np.ndarray:
+        """`values` averaged over ranks, in float64."""
         return np.asarray(values, np.float64)
 
-    def gather(self, value, name="gather"):
-        """Every rank's `value` (a number or 1-D array): an array [size, ...]."""
+    def gather(self, value, name: str = "gather") -> np.ndarray:
+        """Every rank's `value` (a number or 1-D array): an array [size, ...].
+
+        Args:
+          value: this rank's value; the same shape on every rank.
+          name: which gather this is (one name per kind of value).
+        """
         del name
         return np.asarray(value)[None]
 
-    def barrier(self):
-        pass
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
 
-    def check(self, error=None):
+    def check(self, error: Exception = None) -> None:
+        """Collective: if any rank passes an error, every rank ends (module docstring)."""
         if error is not None:
             raise error
 
-    def fail(self, error):
+    def fail(self, error: Exception) -> None:
+        """Every rank has this same error: rank 0 reports it, all ranks end."""
         raise error
 
     def agree_on_errors(self):
+        """A phase whose errors may differ between ranks; all meet at its end."""
         return contextlib.nullcontext()
 
     def failures_as_errors(self):
+        """A collective failing because another rank died becomes one line, exit 1."""
         return contextlib.nullcontext()
 
-    def watch(self, what, factor=1):
+    def watch(self, what: str, factor: float = 1):
+        """Arm the watchdog around a wait: `what` names it in the message, `factor`
+        multiplies RNXT_HOROVOD_TIMEOUT (the compiling first step gets more)."""
         del what, factor
         return contextlib.nullcontext()
 
