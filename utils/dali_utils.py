@@ -123,7 +123,7 @@ def _dali():
     except ImportError as e:
         raise UserError(
             f"--dali needs NVIDIA DALI and its TensorFlow plugin ({e}); install "
-            "nvidia-dali-cuda120 and nvidia-dali-tf-plugin-cuda120 (see ../shared/STACK.md)"
+            "nvidia-dali-cuda120 and nvidia-dali-tf-plugin-cuda120 (scripts/setup_env.sh does)"
         ) from None
     return fn, types, tfrec, Pipeline, dali_tf
 
