@@ -111,8 +111,8 @@ add() { # add KIND CONFIG BATCH: once, and only for batch sizes of the matrix
     ((${#plan[@]})) && in_list "$spec" "${plan[@]}" && return 0
     plan+=("$spec")
 }
-# 1. The cells the original published (RECIPE section 8): A100 AMP+XLA bs 256 and TF32+XLA
-#    bs 128, V100 AMP bs 128 and FP32 bs 64; inference AMP+XLA bs 128 and 1, AMP bs 1.
+# 1. The cells the original's README published: A100 AMP+XLA bs 256 and TF32+XLA bs 128,
+#    V100 AMP bs 128 and FP32 bs 64; inference AMP+XLA bs 128 and 1, AMP bs 1.
 add train amp_xla 256
 add train fp32_xla 128
 add train amp 128
