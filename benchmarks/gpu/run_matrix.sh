@@ -13,8 +13,9 @@
 #
 # Fails loudly: exit 1 with one line on stderr when TensorFlow sees no GPU (checked before
 # any run) or when a run's output shows the model ran on CPU (TensorFlow created no GPU
-# device, or the throughput is below MIN_GPU_IMG_S, far under any GPU's and far over this
-# model's CPU speed of 1-20 img/s). The run then stops at once.
+# device, or the throughput is below MIN_GPU_IMG_S, far under any GPU's and over this
+# model's speed at 224 px on a 2-core CPU, 2-10 img/s: benchmarks/RESULTS.md). The run
+# then stops at once.
 #
 # Time: the runs share BUDGET_SECONDS (default 540, so the whole script ends within 10
 # minutes with its GPU check); each run is capped at RUN_TIMEOUT seconds (default 150) and
