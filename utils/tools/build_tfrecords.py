@@ -4,8 +4,8 @@
   VALIDATION_DIR/<class>/<image>   or a flat VALIDATION_DIR/<image> plus --validation_labels
   -> OUTPUT_DIR/train-00000-of-01024 ..., validation-00000-of-00128 ...
 
-Run `python -m utils.tools.build_tfrecords --help` for the options. The record keys, how
-images are checked and re-encoded: docs/design.md, "Data pipeline".
+Run `.venv/bin/python -m utils.tools.build_tfrecords --help` for the options. The record
+keys, how images are checked and re-encoded: docs/design.md, "Data pipeline".
 """
 
 import argparse

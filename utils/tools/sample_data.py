@@ -3,8 +3,8 @@
 scikit-learn's handwritten digits drawn into 64x64 JPEGs (600 train, 200 validation, 10
 classes), converted with utils/tools/build_tfrecords.py into <cache>/sample_data, where
 <cache> is the `root` argument, else $RNXT_CACHE_DIR, else <repo>/.cache; built once,
-atomically. `python -m utils.tools.sample_data` builds it and prints its path. Why the
-images look as they do: docs/design.md, "Data pipeline".
+atomically. `.venv/bin/python -m utils.tools.sample_data` builds it and prints its path.
+Why the images look as they do: docs/design.md, "Data pipeline".
 """
 
 import argparse
