@@ -1,19 +1,14 @@
 """Throughput of the DALI input pipelines against the tf.data ones, at 224x224 on this CPU.
 
-Uses the ImageNet-like JPEGs of benchmarks/bench_input_pipeline.py (500x375 / 375x500,
-about ImageNet's file size), converted with utils/tools/build_tfrecords.py and indexed with
-utils/tools/dali_index.py. Times the training pipelines (random crop, flip, resize; DALI also
-normalises) and the evaluation pipelines (resize, central crop) with no model attached.
-DALI and tf.data runs alternate, so load changes on this shared machine hit both alike;
-each row is the median of the runs (min and max beside it).
+Times the training pipelines (random crop, flip, resize; DALI also normalises) and the
+evaluation pipelines (resize, central crop) over ImageNet-like records
+(`benchmarks/common.py`, indexed with utils/tools/dali_index.py), with no model attached.
+DALI and tf.data runs alternate, so load changes hit both alike; each row is the median of
+the runs (min and max beside it).
 
-    python -m benchmarks.bench_dali [--runs 5] [--batches 40] [--batch_size 32]
-
-Reference: ../shared/STACK.md measured DALI at about 460-500 img/s and tf.data at about
-170-360 img/s here (batch 32, 2 threads).
+    .venv/bin/python -m benchmarks.bench_dali [--runs 5] [--batches 40] [--batch_size 32]
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -22,31 +17,17 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.bench_input_pipeline import NUM_IMAGES, make_images, time_pipeline
+from benchmarks.common import NUM_IMAGES, make_records, parse_args, time_pipeline
 from utils import dali_utils, data_utils
-from utils.tools import build_tfrecords, dali_index
-
-REFERENCE = "DALI 460-500, tf.data 170-360"
+from utils.tools import dali_index
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--image_size", type=int, default=224)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__.split("\n\n")[0], argv)
 
     with tempfile.TemporaryDirectory() as work:
-        mean_bytes = make_images(os.path.join(work, "images"), np.random.default_rng(0))
-        data_dir, idx_dir = os.path.join(work, "records"), os.path.join(work, "idx")
-        build_tfrecords.main([
-            "--train_dir", os.path.join(work, "images", "train"),
-            "--validation_dir", os.path.join(work, "images", "validation"),
-            "--output_dir", data_dir,
-            "--train_shards", "8",
-            "--validation_shards", "8",
-        ])  # fmt: skip
+        data_dir, mean_bytes = make_records(work, np.random.default_rng(0))
+        idx_dir = os.path.join(work, "idx")
         dali_index.index_dir(data_dir, idx_dir, log=lambda _: None)
         size, batch = args.image_size, args.batch_size
 
@@ -70,10 +51,7 @@ def main(argv=None):
             f" {size}x{size}, batch {batch}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
             f"DALI threads {dali_utils._num_threads()}"
         )
-        print(
-            f"median of {args.runs} alternating runs x {args.batches} batches; "
-            f"STACK.md reference: {REFERENCE} img/s\n"
-        )
+        print(f"median of {args.runs} alternating runs x {args.batches} batches\n")
         print(f"| {'pipeline':<16} | {'img/s median':>12} | {'min':>6} | {'max':>6} |")
         print(f"|{'-' * 18}|{'-' * 14}|{'-' * 8}|{'-' * 8}|")
         for name, make_dali, make_tf in pairs:

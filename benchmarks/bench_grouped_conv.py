@@ -1,14 +1,11 @@
 """Time the CPU formulations of ResNeXt101-32x4d's grouped 3x3 convolutions.
 
-For each grouped-conv shape of resnext101-32x4d (batch 8 at 224x224 by default: the
-stride-1 3x3 conv of each stage and the stride-2 3x3 conv that opens stages 2-4) this prints
-the median time of the forward pass and of forward + backward (gradients w.r.t. input and
-kernel) for each implementation of `model.layers.grouped_conv`, plus a dense (groups=1)
-3x3 conv of the same shape for context (32x the FLOPs of the grouped one). Every function
-is a `tf.function`; the implementations are timed in alternation within each repetition so
-machine drift hits them alike.
+For each grouped-conv shape of resnext101-32x4d (batch 8 at 224x224 by default) prints the
+median time of the forward pass and of forward + backward for each implementation of
+`model.layers.grouped_conv`, plus a dense 3x3 conv of the same shape for context. The
+implementations alternate within each repetition so machine drift hits them alike.
 
-    PYTHONPATH=. python benchmarks/bench_grouped_conv.py [--batch 8] [--reps 7]
+    .venv/bin/python -m benchmarks.bench_grouped_conv [--batch 8] [--reps 7]
 """
 
 import argparse

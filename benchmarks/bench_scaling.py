@@ -3,14 +3,10 @@
     .venv/bin/python -m benchmarks.bench_scaling [--launcher mpiexec|horovodrun] [--np 2]
         [--arch resnext101-32x4d] [--image_size 32] [--batch_size 8] [--repeats 3]
 
-Runs `main.py --mode training_benchmark` on synthetic data, as one plain process and as
---np processes under the launcher, each process with the same --batch_size (weak scaling:
-the global batch grows with the processes), --repeats times each. Reads the JSON log of
-every run and prints the median job img/s (all ranks), the median img/s of each rank, and
-the scaling efficiency (job img/s with N processes / (N x one process's img/s)).
-
-On a machine without GPUs the processes share its CPU cores, so the efficiency says how
-much Horovod's averaging and synchronisation cost, not how a multi-GPU job scales.
+Runs `main.py --mode training_benchmark` on synthetic data, alone and as --np processes
+with the same per-process batch, and prints the median job and per-rank img/s and the
+scaling efficiency. Without GPUs the processes share the CPU cores, so the efficiency
+measures Horovod's averaging and synchronisation cost, not multi-GPU scaling.
 """
 
 import argparse

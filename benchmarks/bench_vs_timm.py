@@ -3,50 +3,11 @@
     .venv/bin/python -m benchmarks.bench_vs_timm [--rows MODE:BATCH:SIZE ...] [--threads 2]
         [--rounds 3] [--block 2] [--warmup 1] [--variant NAME:key=value,...] [--json FILE]
 
-In one run, at the same batch, image size and intra-op thread count, it times:
-
-- ours: the compiled training step and inference function that `main.py` runs
-  (`runtime.training.make_train_step`: cross-entropy + L2 weight decay, MomentumSGD;
-  `runtime.evaluation.make_predict_fn`), float32, no XLA, with the environment main.py
-  sets for --mode training_benchmark / inference_benchmark (`utils/core/perf_env.py`: oneDNN's
-  frozen weights for inference only);
-- timm's `resnext101_32x4d` (`benchmarks/peer_timm.py`, in the peer venv that
-  `benchmarks/setup_peer_env.sh` makes, or --peer_python): forward, cross-entropy,
-  backward, SGD momentum step; inference in eval mode under `torch.inference_mode()`.
-
-Rows are `mode:batch:size`, mode `train` or `infer`; the default set is training 16 @ 224
-and 32 @ 64, inference 16 @ 224 and 32 @ 64 (about 12 minutes on a loaded 2-core machine).
-
-timm runs with OMP_WAIT_POLICY=PASSIVE unless --peer_omp_wait says otherwise: PyTorch's
-OpenMP (libgomp) threads otherwise spin at every barrier, and on a shared, oversubscribed
-machine that made timm 2-4x slower than with PASSIVE (benchmarks/RESULTS.md); the
-comparison is against the stronger setting. Our TensorFlow has no such switch.
-
-Each contestant is a subprocess that runs a block of steps on command and stays warm for
-the whole row; every row starts fresh ones (TensorFlow reads TF_ONEDNN_ASSUME_FROZEN_WEIGHTS
-once per process: on for inference rows, off for training rows). After warm-up, the
-blocks alternate: ours k steps, timm k steps, then timm first in the next round (ABBA),
-for --rounds rounds, so drift of this shared machine hits both alike. Each step is
-synchronous and timed alone; img/s is batch / the median step time over all rounds. The
-ratio column is ours/timm img/s; "round ratios" gives the smallest and largest ratio of
-per-round medians, a view of the noise. Two more views: "best step" compares the fastest
-step of each (the least disturbed by other processes), "CPU time" the median CPU seconds
-(all threads) per step, which other processes inflate far less than wall time (a thread
-spinning at a barrier still counts).
-
-`--variant NAME:key=value,...` adds further contestants, alternated in the same rounds,
-each with its ratio to timm:
-- UPPERCASE keys are environment variables of its process; they win over main.py's
-  per-mode settings (e.g. `unfrozen:TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0` for inference rows);
-- lowercase keys are options of our worker: `inter_op`, `intra_op`, `data_format`
-  (NHWC/NCHW) and `precision` (float32, mixed_float16 as main.py's --amp, or
-  mixed_bfloat16), or `worker=PATH`: run the script PATH (with this Python) instead of our
-  worker, a script of your own that patches a candidate change into the project's code
-  and then calls `serve(OursWorker())`, so the change is measured against the current code
-  without editing it;
-- `peer=1` makes the variant another timm process, e.g.
-  `timm_spin:peer=1,OMP_WAIT_POLICY=ACTIVE` or `timm_cl:peer=1,channels_last=1`.
-`--no_peer` leaves timm out (ratios then against "ours"); `--no_ours` keeps only variants.
+Times main.py's compiled training step and inference function against timm's in
+alternating blocks, at the same batch, size and threads; rows `mode:batch:size` (default:
+train and infer, 16 @ 224 and 32 @ 64; about 12 minutes). The first run installs PyTorch
+and timm into a separate venv (benchmarks/setup_peer_env.sh: several GB, about 12
+minutes). Method: benchmarks/RESULTS.md; worker protocol and --variant: docs/design.md.
 """
 
 import argparse
@@ -409,7 +370,7 @@ def main():
         "--peer_omp_wait",
         choices=("passive", "active", "default"),
         default="passive",
-        help="timm's OMP_WAIT_POLICY (default passive: see the module docstring)",
+        help="timm's OMP_WAIT_POLICY (default passive: see benchmarks/RESULTS.md)",
     )
     parser.add_argument("--json", default=None, help="write all step times here")
     parser.add_argument("--worker", choices=("ours",), help=argparse.SUPPRESS)

@@ -1,21 +1,11 @@
 """The PyTorch side of `benchmarks/bench_vs_timm.py`: timm's resnext101_32x4d, block by block.
 
-Runs in the peer venv (`benchmarks/setup_peer_env.sh`), never in the project's. It is a
-persistent subprocess that executes what it reads on stdin, one JSON object per line, and
-answers each with one line `PEER {json}` on stdout (anything else on stdout is not an
-answer; warnings go to stderr):
-
-    {"cmd": "hello", "threads": 2}              -> versions and thread counts (set once)
-    {"cmd": "setup", "mode": "train" | "infer", "batch": 16, "size": 224,
-     "channels_last": false}                     -> builds the model, step and batch
-    {"cmd": "run", "steps": 3}                  -> {"times": [wall seconds per step, ...],
-                                                    "cpu": [CPU seconds per step, ...]}
-    {"cmd": "quit"}
-
-Training step: forward (train mode), cross-entropy, backward, SGD lr 0.01 momentum 0.9 with
-weight_decay 1e-4 (the optimizer adds 1e-4 * w to each gradient: the same L2 decay as our
-loss term, PyTorch's usual way). Inference: eval mode under `torch.inference_mode()`. Each
-step is synchronous (CPU) and timed alone.
+Runs in the peer venv (`benchmarks/setup_peer_env.sh`), never in the project's, so it
+imports nothing of the project. A persistent subprocess: one JSON command per line on
+stdin, one `PEER {json}` answer per command on stdout (the protocol: docs/design.md,
+"Benchmarks"). Training step: forward (train mode), cross-entropy, backward, SGD lr 0.01
+momentum 0.9 weight_decay 1e-4 (the same L2 decay as our loss term); inference: eval mode
+under `torch.inference_mode()`. Each step is synchronous and timed alone.
 """
 
 import contextlib
@@ -99,6 +89,8 @@ class Peer:
         return {"params": params}
 
     def run(self, steps):
+        # The same loop as bench_vs_timm.OursWorker.run, repeated on purpose: this file runs
+        # in the torch venv, which cannot import the project's modules.
         times, cpu = [], []
         for _ in range(steps):
             t0, c0 = time.perf_counter(), time.process_time()

@@ -12,9 +12,9 @@ venv="${PEER_VENV:-$repo/.cache/peer-venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.peer-stamp"
 
-# torch 2.14.1 + torchvision 0.29.1 install from this machine's local disk (see
-# shared STACK.md); torch 2.13 alone is a CPU build, but PyPI's torchvision does not
-# import beside it, and timm needs torchvision.
+# torch 2.14.1 + torchvision 0.29.1 install from this machine's package index; torch 2.13
+# alone is a CPU build, but PyPI's torchvision does not import beside it, and timm needs
+# torchvision. Several GB: the first run takes about 12 minutes.
 packages=("torch==2.14.1" "torchvision==0.29.1" "timm==1.0.29")
 
 log() { printf '[peer-env] %s\n' "$*" >&2; }

@@ -1,52 +1,11 @@
-"""NVIDIA DALI input pipelines over the same TFRecords as utils/data_utils.py (RECIPE section 4).
+"""NVIDIA DALI input pipelines over the same TFRecords as utils/data_utils.py.
 
-`train_dataset` and `eval_dataset` give `tf.data.Dataset`s (DALI's `DALIDataset`) whose
-elements have the structure of the tf.data pipelines: (images float32 [B, S, S, 3] NHWC RGB,
-labels int32 [B] 0-based). With `normalize=True` (the default) the images are already
-normalised with the model's IMAGENET_MEAN/STD, so the model must be built with
-`normalize_input=False`; with `normalize=False` they are 0..255 like tf.data's.
-
-Training: DALI's TFRecord reader (with index files) reads this process's shard and shuffles
-it in a buffer of up to data_utils.TRAIN_SHUFFLE_BUFFER records; the JPEG is decoded with a
-random crop (area AREA_RANGE, aspect ASPECT_RATIO_RANGE, MAX_ATTEMPTS tries, as tf.data),
-resized to S x S (bilinear, no antialiasing, like tf.image.resize), mirrored on a coin flip
-and normalised. The records' bounding boxes are not read: the crop is drawn over the whole
-image, as in NVIDIA's DALI pipeline (tf.data additionally asks the crop to cover 10% of a
-box when the record has one). The stream is infinite, in fixed batches of B.
-
-Evaluation: decode, resize the shorter side to eval_resize_size(S) (bilinear, the longer
-side rounded as tf.data does), central S x S crop (offset rounded down, as tf.data), normalise.
-On the CPU the JPEG decoder uses the same (fast integer) IDCT as tf.image.decode_jpeg and
-the resize samples the same points, so DALI and tf.data evaluation tensors differ only by
-DALI rounding the resized image to uint8: at most 0.5 of 255 (tests/test_dali.py).
-
-Sharding: DALI splits the records of all files, in file order, into `num_shards`
-contiguous ranges; process `shard_index` reads range `shard_index` (of
-`dali_shard_size(total, num_shards, shard_index)` records) and sticks to it. The shards are
-disjoint and cover every record, for any number of files and processes.
-
-Evaluation visits every validation image exactly once over all shards: `eval_dataset`
-returns `(dataset, num_images)`, where `dataset` is the DALIDataset (infinite, fixed batches
-of B; a fresh iterator starts with the shard's images in order, then pads the last batch,
-sometimes a further whole batch, with copies of the shard's last image, and starts over)
-and `num_images` is the shard's size. `real_batches(dataset, num_images)` takes the first
-ceil(num_images / B) batches of a fresh iterator and cuts the last one to the real images:
-use it as the evaluation dataset. The cut is made in Python on the batches, not with tf.data ops,
-because a DALIDataset placed on a GPU must not be followed by tf.data transformations.
-
-Devices: `device=None` picks "gpu" when TensorFlow sees a GPU, else "cpu". On "gpu" the
-JPEGs are decoded by DALI's "mixed" decoder and resized/normalised on the GPU that this
-process's TensorFlow uses (the DALIDataset is placed on '/gpu:0', DALI's device_id is that
-GPU's CUDA ordinal); its outputs are GPU tensors. On "cpu" everything runs on the CPU
-(device_id=None, the DALIDataset under tf.device('/cpu:0')).
-
-Index files: DALI needs one per record file, named like it, in `idx_dir`
-(utils/dali_index.sh writes them). A missing one, or one older than its record file or
-not ending where the record file ends, is a UserError naming the file and the command.
-
-An image DALI cannot decode stops the iteration with a tf.errors.InternalError carrying
-DALI's message (tf.data skips and counts it). Errors while DALI builds a pipeline abort the
-whole process instead of raising, so the arguments and index files are checked first.
+`train_dataset` and `eval_dataset` give `DALIDataset`s with the structure of the tf.data
+pipelines (images float32 [B, S, S, 3] NHWC RGB, labels int32 [B] 0-based), normalised by
+DALI unless `normalize=False`; `real_batches` cuts the evaluation stream to the shard's
+real images. They run on the GPU ("mixed" JPEG decoding) or on the CPU, and need one
+index file per record file (utils/dali_index.sh). How they shard, crop, pad and fail, and
+how they differ from tf.data: docs/design.md, "DALI".
 """
 
 import os
@@ -160,7 +119,7 @@ def _dali():
     except ImportError as e:
         raise UserError(
             f"--dali needs NVIDIA DALI and its TensorFlow plugin ({e}); install "
-            "nvidia-dali-cuda120 and nvidia-dali-tf-plugin-cuda120 (see ../shared/STACK.md)"
+            "nvidia-dali-cuda120 and nvidia-dali-tf-plugin-cuda120 (scripts/setup_env.sh does)"
         ) from None
     return fn, types, tfrec, Pipeline, dali_tf
 

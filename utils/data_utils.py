@@ -1,32 +1,10 @@
-"""Input pipelines over ImageNet-format TFRecords, plus synthetic data (RECIPE section 4).
+"""tf.data input pipelines over ImageNet-format TFRecords, plus synthetic data.
 
-Data layout: `train-*` and `validation-*` TFRecord files in one directory, as written by
-TF's `build_imagenet_data.py` or `utils/tools/build_tfrecords.py`. Labels in the records are
-1-based (`image/class/label`); the datasets here yield 0-based int32 labels.
-
-Pipelines:
-- `train_dataset`: files sharded over processes, interleaved, shuffled, repeated forever,
-  augmented (`image_processing.preprocess_for_train`) in a parallel map, batched with
-  `drop_remainder`, prefetched. With a seed, the batch sequence is reproducible: shuffles
-  are seeded and each image's crop/flip uses a stateless seed derived from its position in
-  the stream, so it changes from epoch to epoch but not from run to run.
-- `eval_dataset`: every validation image of one shard exactly once, in a fixed order; the
-  last batch may be smaller. Sharding is by record, so the shards partition the whole
-  validation set for any number of processes and files.
-- `synthetic_dataset`: one random batch, made once, repeated.
-
-Undecodable images: an image that fails to decode (or a record that fails to parse) is
-skipped instead of stopping the run. Each skip is counted and logged as a warning;
-`skipped_images(split)` returns the count so far in this process. A record whose payload
-fails its checksum while reading is counted the same way (TF's reader then drops the rest
-of that file for the epoch, and TF logs the reader's message). Before a pipeline is
-built, a few records are decoded eagerly, so a directory of wrong or broken data still
-fails at once with a `UserError` rather than being skipped record by record.
-
-Record counts: `count_records` walks the TFRecord framing (checking each header's CRC and
-that the file ends on a record boundary) without reading the payloads, and caches the
-counts in `.record_counts.json` next to the data, or in `cache_dir` if the data directory
-is read-only. A cached entry is reused while the file's size and mtime are unchanged.
+`train_dataset` (sharded, shuffled, augmented, repeated; reproducible with a seed),
+`eval_dataset` (every validation image of a shard once) and `synthetic_dataset`; labels
+come out 0-based. Undecodable images are skipped and counted (`skipped_images`), and
+record counts are cached beside the data (`count_records`). Details: docs/design.md,
+"Data pipeline".
 """
 
 import functools

@@ -1,14 +1,9 @@
 """Training targets and losses: label smoothing, mixup, cross-entropy and weight decay.
 
-Everything is computed in float32, whatever the compute dtype of the model.
-
-Batch-norm rule for weight decay: a variable is a batch-norm parameter when it is a
-trainable weight of a Keras `BatchNormalization` (or `SyncBatchNormalization`) layer,
-i.e. its gamma or beta. `decayed_variables(model)` applies that rule by layer ownership.
-`l2_loss(variables, ...)`, which sees only variables, also skips any variable named
-`.../gamma` or `.../beta` (the names Keras gives those weights), so passing
-`model.trainable_variables` gives the same sum. Conv and dense kernels and all biases
-are decayed, as in the original (its filter only dropped names containing "batchnorm").
+Everything is computed in float32, whatever the compute dtype of the model. Weight decay
+covers every trainable variable but batch-norm gamma and beta, found by layer ownership
+(`decayed_variables`) or by name (`l2_loss`), with the same sum either way
+(docs/design.md, "Training math").
 """
 
 import tensorflow as tf

@@ -1,15 +1,9 @@
 """SGD with momentum as the original applies it, optionally wrapped for loss scaling.
 
-The original used TF1's `tf.train.MomentumOptimizer`:
-    accum = momentum * accum + grad;  var -= lr * accum
-Keras' SGD keeps a velocity that already includes the learning rate:
-    velocity = momentum * velocity - lr * grad;  var += velocity
-The two agree only while lr is constant; under warmup and cosine decay they differ, so
-`MomentumSGD` subclasses Keras' SGD (same slots, checkpoints, loss-scale wrapper) with
-the TF1 update, computed by TF1's fused kernel (`ResourceApplyMomentum`).
-
-Multi-GPU: Horovod averages gradients outside the optimizer (hvd.DistributedGradientTape
-around the scaled loss, before `get_unscaled_gradients`), so nothing here changes.
+`MomentumSGD` is Keras' SGD (same slots, checkpoints, loss-scale wrapper) with TF1's
+`MomentumOptimizer` update, `accum = momentum * accum + grad; var -= lr * accum`, computed
+by TF1's fused kernel; Keras' own update differs whenever the learning rate changes
+(warmup, cosine decay). Why, in full: docs/design.md, "Training math".
 """
 
 import tensorflow as tf

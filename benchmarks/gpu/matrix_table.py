@@ -1,15 +1,12 @@
 """Helper of benchmarks/gpu/run_matrix.sh: checks that a run used the GPU, and writes tables.
 
-    python matrix_table.py check RUN_OUTPUT DLLOG_JSON KEY MIN_IMG_S
-        One line "ok <value> <gpu name> (compute capability X.Y)" and status 0 when the run's
-        output shows TensorFlow created a GPU device and the DLLogger log holds KEY with a
-        value of at least MIN_IMG_S; otherwise one line saying why and status 3 (ran on CPU)
+    python3 benchmarks/gpu/matrix_table.py check RUN_OUTPUT DLLOG_JSON KEY MIN_IMG_S
+        "ok <value> <gpu name> (compute capability X.Y)" and status 0 when the output shows
+        a GPU device and the log holds KEY >= MIN_IMG_S; else why, status 3 (ran on CPU)
         or 4 (no result in the log).
-    python matrix_table.py table MANIFEST OUT_MD [NOTE]
-        Tables in the original README's format from the runs listed in MANIFEST (one
-        tab-separated line per run: kind, config, batch, status, results dir, output file);
-        NOTE (e.g. the step counts) goes into the heading.
-
+    python3 benchmarks/gpu/matrix_table.py table MANIFEST OUT_MD [NOTE]
+        The original README's tables from the runs in MANIFEST (tab-separated: kind,
+        config, batch, status, results dir, output file); NOTE goes into the heading.
 Only the standard library: it runs with any Python 3.
 """
 

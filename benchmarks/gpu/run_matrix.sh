@@ -13,8 +13,9 @@
 #
 # Fails loudly: exit 1 with one line on stderr when TensorFlow sees no GPU (checked before
 # any run) or when a run's output shows the model ran on CPU (TensorFlow created no GPU
-# device, or the throughput is below MIN_GPU_IMG_S, far under any GPU's and far over this
-# model's CPU speed of 1-20 img/s). The run then stops at once.
+# device, or the throughput is below MIN_GPU_IMG_S, far under any GPU's and over this
+# model's speed at 224 px on a 2-core CPU, 2-10 img/s: benchmarks/RESULTS.md). The run
+# then stops at once.
 #
 # Time: the runs share BUDGET_SECONDS (default 540, so the whole script ends within 10
 # minutes with its GPU check); each run is capped at RUN_TIMEOUT seconds (default 150) and
@@ -111,8 +112,8 @@ add() { # add KIND CONFIG BATCH: once, and only for batch sizes of the matrix
     ((${#plan[@]})) && in_list "$spec" "${plan[@]}" && return 0
     plan+=("$spec")
 }
-# 1. The cells the original published (RECIPE section 8): A100 AMP+XLA bs 256 and TF32+XLA
-#    bs 128, V100 AMP bs 128 and FP32 bs 64; inference AMP+XLA bs 128 and 1, AMP bs 1.
+# 1. The cells the original's README published: A100 AMP+XLA bs 256 and TF32+XLA bs 128,
+#    V100 AMP bs 128 and FP32 bs 64; inference AMP+XLA bs 128 and 1, AMP bs 1.
 add train amp_xla 256
 add train fp32_xla 128
 add train amp 128

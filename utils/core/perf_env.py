@@ -1,16 +1,9 @@
 """TensorFlow environment variables that `main.py` sets per mode, before TensorFlow starts.
 
-`TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`: each oneDNN convolution or matmul kernel reorders its
-weights into oneDNN's blocked layout at its first call and keeps them, instead of on
-every call (4-43% more CPU inference img/s, benchmarks/RESULTS.md). A kernel then ignores
-any later change to its weights, so it is set only for the modes whose weights never change
-after their first inference call and that run the model in a `tf.function`, where every
-op has its own kernel: evaluate, predict and inference_benchmark. (Eager ops of one type
-and attributes share one kernel, so a model called eagerly could reuse another layer's
-cached weights: these modes must keep calling it through a `tf.function`.) Never for
-training.
-TensorFlow reads the variable once per process, when it creates its first oneDNN
-convolution or matmul kernel, so it must be set before then.
+Today one: `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (oneDNN keeps each kernel's reordered
+weights) for the modes whose weights never change (`Mode.frozen_weights`), never for
+training, where a user's setting is refused. Why, and why these modes must call the model
+through a `tf.function`: docs/design.md, "CPU performance environment".
 """
 
 import os

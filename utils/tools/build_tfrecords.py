@@ -1,23 +1,11 @@
 """Convert image folders to ImageNet-format TFRecords, like TF's build_imagenet_data.py.
 
-Input layout:
   TRAIN_DIR/<class>/<image>        e.g. train/n01440764/n01440764_10026.JPEG
   VALIDATION_DIR/<class>/<image>   or a flat VALIDATION_DIR/<image> plus --validation_labels
+  -> OUTPUT_DIR/train-00000-of-01024 ..., validation-00000-of-00128 ...
 
-Output: OUTPUT_DIR/train-00000-of-01024 ... and validation-00000-of-00128 ..., each record
-a tf.train.Example with build_imagenet_data.py's keys: image/encoded (JPEG), image/height,
-image/width, image/colorspace, image/channels, image/format, image/filename,
-image/class/label (1..N, N classes in sorted order or --labels_file order),
-image/class/synset, image/class/text, image/object/bbox/{xmin,ymin,xmax,ymax,label}.
-
-Images are shuffled with a fixed seed before sharding, so every shard mixes classes.
-Each JPEG is decoded once to check it; RGB and grayscale JPEGs are stored unchanged,
-CMYK JPEGs and other formats (a PNG saved as .JPEG, GIF, BMP) are re-encoded as RGB JPEG.
-Undecodable files are reported and left out. Each shard is written under a temporary
-name and renamed when complete. Progress goes to stderr.
-
-Run `python -m utils.tools.build_tfrecords --help` for the options. TensorFlow (for JPEG
-decoding and the record writer) is imported only once there is work to do.
+Run `.venv/bin/python -m utils.tools.build_tfrecords --help` for the options. The record
+keys, how images are checked and re-encoded: docs/design.md, "Data pipeline".
 """
 
 import argparse

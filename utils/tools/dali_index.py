@@ -5,7 +5,7 @@ DST_DIR in `tfrecord2idx`'s format, byte for byte, from the record headers alone
 files at once. A broken or non-TFRecord file gets no index; an up-to-date index is kept
 unless --force. Each index is written atomically.
 
-    python -m utils.tools.dali_index [-j N] [--force] SRC_DIR DST_DIR
+    .venv/bin/python -m utils.tools.dali_index [-j N] [--force] SRC_DIR DST_DIR
 """
 
 import argparse

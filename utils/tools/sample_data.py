@@ -1,19 +1,10 @@
 """A small, real, learnable dataset in ImageNet TFRecord format, built on demand.
 
-The images are scikit-learn's handwritten digits (8x8, 10 classes), each drawn as a 3x3
-pattern of copies in a 64x64 RGB JPEG (random sizes and offsets, dark ink on a light
-background), so the glyph survives the small random crops of training. Each class also
-has its own background hue (with jitter): deep ResNets trained from scratch with the
-recipe's 8%-area crops need thousands of steps to read the glyphs alone, and the hue lets
-a few hundred CPU steps show clear learning, which is what the demo and tests need.
-They are written as an image folder tree (train/<class>/, a flat val/ with a label file,
-class texts, bounding boxes) and converted with utils/tools/build_tfrecords.py, so the converter
-runs on every build.
-
-The result lives in <cache>/sample_data, where <cache> is the `root` argument, else
-$RNXT_CACHE_DIR, else <repo>/.cache. It is built once, in a temporary folder that is
-renamed into place when complete, so concurrent or interrupted builds never leave a
-partial dataset. `python -m utils.tools.sample_data` builds it and prints its path.
+scikit-learn's handwritten digits drawn into 64x64 JPEGs (600 train, 200 validation, 10
+classes), converted with utils/tools/build_tfrecords.py into <cache>/sample_data, where
+<cache> is the `root` argument, else $RNXT_CACHE_DIR, else <repo>/.cache; built once,
+atomically. `.venv/bin/python -m utils.tools.sample_data` builds it and prints its path.
+Why the images look as they do: docs/design.md, "Data pipeline".
 """
 
 import argparse
