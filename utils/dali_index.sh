@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Write the DALI index files for the TFRecords of an ImageNet data directory (RECIPE
-# section 4): for every train-* and validation-* file in SRC_DIR, DST_DIR/<same name>
-# with one "offset size" line per record, what DALI's TFRecord reader (--dali with
+# Write the DALI index files for the TFRecords of an ImageNet data directory (the
+# original's utils/dali_index.sh): for every train-* and validation-* file in SRC_DIR,
+# DST_DIR/<same name> with one "offset size" line per record, what DALI's TFRecord reader (--dali with
 # --data_idx_dir DST_DIR) needs.
 #
 #   bash utils/dali_index.sh [-j N] [--tfrecord2idx] SRC_DIR DST_DIR

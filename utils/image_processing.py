@@ -1,4 +1,4 @@
-"""Image decoding and augmentation for ImageNet-style JPEG records (RECIPE section 4).
+"""Image decoding and augmentation for ImageNet-style JPEG records (the original's recipe).
 
 Every function here is made of TensorFlow ops only, so it runs inside `tf.data` maps.
 Outputs are float32 RGB in 0..255, NHWC; the model normalises its input itself.
