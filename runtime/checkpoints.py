@@ -6,7 +6,8 @@ A small `model_config.json` beside the checkpoints records the architecture and 
 the model is quantization-aware (QAT); a checkpoint of another architecture, or a float
 checkpoint where a QAT one is expected (and the reverse), is refused with one line instead
 of a shape traceback. Fine-tuning (`--finetune_checkpoint`) copies float weights across
-that boundary.
+that boundary. The sidecar's `padding` ("tf", or "symmetric" for imported PyTorch weights;
+absent means "tf") is not a flag: the checkpoint a run starts from decides it.
 """
 
 import json
@@ -25,8 +26,11 @@ QUANT_KEYS = ("quantize", "symmetric", "use_qdq")
 BOOL_KEYS = ("use_final_conv", *QUANT_KEYS)
 
 
+DEFAULT_PADDING = "tf"
+
+
 def model_config(args):
-    """What a checkpoint's variables depend on; saved as model_config.json beside it."""
+    """What a checkpoint's variables and outputs depend on; saved as model_config.json."""
     return {
         "arch": args.arch,
         "num_classes": args.num_classes,
@@ -34,13 +38,31 @@ def model_config(args):
         "quantize": bool(args.quantize),
         "symmetric": bool(args.symmetric),
         "use_qdq": bool(args.use_qdq),
+        "padding": recorded_padding(args),
     }
+
+
+def recorded_padding(args):
+    """The padding of the checkpoint this run starts from: --model_dir's sidecar, else
+    --finetune_checkpoint's, else "tf" (training from scratch keeps TF padding)."""
+    for path in (getattr(args, "model_dir", None), getattr(args, "finetune_checkpoint", None)):
+        saved = _read_config(_checkpoint_dir(path)) if path else None
+        if saved is not None:
+            return saved.get("padding", DEFAULT_PADDING)
+    return DEFAULT_PADDING
+
+
+def write_model_config(directory, config):
+    """Write `config` as `directory`/model_config.json (atomically)."""
+    _write_json_atomically(os.path.join(directory, CONFIG_FILE), config)
 
 
 def describe(config):
     """The flags that build the model of `config`, e.g. `--arch resnet50 --quantize`."""
     flags = [f"--arch {config['arch']}", f"--num_classes {config['num_classes']}"]
     flags += [f"--{key}" for key in BOOL_KEYS if config.get(key)]
+    if config.get("padding", DEFAULT_PADDING) != DEFAULT_PADDING:
+        flags.append(f"(padding {config['padding']})")
     return " ".join(flags)
 
 
@@ -87,6 +109,11 @@ def check_compatible(directory, config, flag="--model_dir"):
     saved = _read_config(directory)
     if saved is None:
         return
+    was, want = saved.get("padding", DEFAULT_PADDING), config.get("padding", DEFAULT_PADDING)
+    if was != want:
+        raise UserError(
+            f"checkpoint in {directory} has {was} padding, this model {want}: use another {flag}"
+        )
     for key in ("arch", "num_classes"):
         if saved.get(key) != config[key]:
             raise UserError(
@@ -141,7 +168,7 @@ class CheckpointKeeper:
         if not self.enabled:
             return None
         os.makedirs(self.model_dir, exist_ok=True)
-        _write_json_atomically(os.path.join(self.model_dir, CONFIG_FILE), self.config)
+        write_model_config(self.model_dir, self.config)
         return self.manager.save(checkpoint_number=int(step))
 
 
@@ -171,7 +198,8 @@ def load_finetune_weights(model, path, config, build_fn, log=print):
     if prefix is None:
         raise UserError(f"--finetune_checkpoint {path}: no checkpoint found there")
     saved = _read_config(_checkpoint_dir(prefix)) or {}
-    source_config = {**config, **dict.fromkeys(QUANT_KEYS, False), **saved}
+    source_config = {**config, **dict.fromkeys(QUANT_KEYS, False), "padding": DEFAULT_PADDING}
+    source_config.update(saved)
     if source_config["arch"] != config["arch"]:
         raise UserError(
             f"--finetune_checkpoint {path} holds a {source_config['arch']} model, "

@@ -63,6 +63,7 @@ def _build(args, config=None):
         weight_init=args.weight_init,
         use_final_conv=config["use_final_conv"],
         normalize_input=not args.dali,  # DALI delivers normalised images
+        padding=config.get("padding", checkpoints.DEFAULT_PADDING),
     )
     if not config["quantize"]:
         return model
