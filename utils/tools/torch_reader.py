@@ -1,0 +1,157 @@
+"""Read PyTorch `torch.save` files (the zip format) as NumPy arrays, without PyTorch.
+
+Why: importing weights must not need PyTorch installed, and `torch.load` (like any plain
+unpickling) runs whatever code the pickle names. Here `data.pkl` is unpickled with a
+restricted Unpickler that knows only what a checkpoint of tensors, dicts and numbers uses
+(`torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, `collections.OrderedDict`, the
+`torch.*Storage` types); any other global is refused with one line. Each tensor's bytes
+come from the archive's `data/<key>` entry, viewed with its dtype, shape, strides, offset.
+"""
+
+import collections
+import pickle
+import zipfile
+
+import numpy as np
+
+from utils.errors import UserError
+
+# torch storage type -> NumPy dtype; bfloat16 is widened to float32 on read.
+STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    """Stands in for a `torch.*Storage` class named in the pickle."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = STORAGE_DTYPES[name]
+
+
+class _Storage:
+    """One storage of the archive: its flat values, read when first used."""
+
+    def __init__(self, archive, entry: str, dtype, numel: int, byteorder: str):
+        self._archive, self._entry = archive, entry
+        self.dtype, self.numel, self._byteorder = dtype, numel, byteorder
+        self._values = None
+
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            raw = self._archive.read(self._entry)
+            if self.dtype == "bfloat16":
+                # bfloat16 is the top half of a float32.
+                bits = np.frombuffer(raw, dtype=self._byteorder + "u2").astype(np.uint32)
+                values = (bits << 16).view(np.float32)
+            else:
+                values = np.frombuffer(
+                    raw, dtype=np.dtype(self.dtype).newbyteorder(self._byteorder)
+                )
+            if values.size < self.numel:
+                raise UserError(
+                    f"{self._entry}: {values.size} values stored, {self.numel} declared"
+                )
+            self._values = values
+        return self._values
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused) -> np.ndarray:
+    """A copy of the strided view `size`/`stride` at `offset` into `storage`'s values."""
+    del unused  # requires_grad, backward hooks, metadata: training state
+    size, stride = tuple(int(n) for n in size), tuple(int(n) for n in stride)
+    values = storage.values()
+    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+        raise UserError(f"a tensor has a malformed layout: size {size}, stride {stride}")
+    if 0 in size:
+        return np.zeros(size, dtype=values.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= values.size:  # as_strided does not check bounds: refuse reads past the end
+        raise UserError(f"a tensor reaches past its storage ({last} >= {values.size} values)")
+    view = np.lib.stride_tricks.as_strided(
+        values[offset:], shape=size, strides=[s * values.itemsize for s in stride]
+    )
+    return np.array(view, dtype=values.dtype.newbyteorder("="))
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, archive, prefix, byteorder, source):
+        super().__init__(file)
+        self._archive, self._prefix = archive, prefix
+        self._byteorder, self._source = byteorder, source
+        self._storages = {}
+
+    def find_class(self, module, name):
+        if (module, name) in ALLOWED_GLOBALS:
+            return ALLOWED_GLOBALS[(module, name)]
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UserError(
+            f"{self._source}: refusing to unpickle {module}.{name}: not part of a plain "
+            "state_dict of tensors (only tensors, dicts, lists and numbers are read)"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise UserError(f"{self._source}: unknown persistent object {str(pid)[:80]}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise UserError(f"{self._source}: storage {key} has no known type")
+        if key not in self._storages:
+            entry = f"{self._prefix}data/{key}"
+            self._storages[key] = _Storage(
+                self._archive, entry, storage_type.dtype, int(numel), self._byteorder
+            )
+        return self._storages[key]
+
+
+def load(path: str):
+    """The object `torch.save` wrote to `path` (zip format), tensors as NumPy arrays.
+
+    Args:
+        path: a `.pth` / `.pt` file written by `torch.save` (PyTorch 1.6 or newer).
+
+    Raises:
+        UserError: not a zip-format torch file, or it pickles anything but tensors,
+            dicts, lists and numbers.
+    """
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a zip-format torch.save file (PyTorch < 1.6 wrote another "
+            "format): re-save it with a current PyTorch"
+        )
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise UserError(f"{path}: expected one <name>/data.pkl in the archive")
+        prefix = pickles[0][: -len("data.pkl")]
+        names = set(archive.namelist())
+        byteorder = "<"
+        if f"{prefix}byteorder" in names:
+            byteorder = {"little": "<", "big": ">"}[archive.read(f"{prefix}byteorder").decode()]
+        with archive.open(pickles[0]) as handle:
+            try:
+                return _Unpickler(handle, archive, prefix, byteorder, path).load()
+            except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+                raise UserError(f"{path}: unreadable pickle ({error})") from None
