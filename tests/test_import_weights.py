@@ -468,10 +468,14 @@ def test_pytorch_sources_give_pytorch_logits(case, tmp_path, images, capsys):
     sd64 = {k: v.astype(np.float64) for k, v in sd.items()}
     want = torch_forward(sd64, arch, images, prefix, block_name)
     assert_logits_close(got, want)
-    if arch == "resnet50":  # TF 'SAME' padding would not reproduce PyTorch at even sizes
+    if case == "timm-resnet50-pth":
+        # TF 'SAME' padding would not reproduce PyTorch at even sizes; NCHW pads alike.
         tf_model = build_model(arch, padding="tf")
         tf_model.set_weights(model.get_weights())
         assert np.abs(tf_model(images).numpy() - want).max() > 100 * TOL * np.abs(want).max()
+        nchw = build_model(arch, data_format="NCHW", padding="symmetric")
+        nchw.set_weights(model.get_weights())
+        assert_logits_close(nchw(images).numpy(), want)
 
 
 @pytest.fixture(scope="module")
@@ -510,7 +514,7 @@ def test_leftover_missing_wrong_arch_and_full_output_are_one_line_errors(
     err = _one_error(
         capsys, good, "--arch", "resnet50", "--num_classes", "10", "--output", tmp_path / "o4"
     )
-    assert "has 1000 classes" in err and "--finetune_checkpoint" in err
+    assert "resnet50 with 1000 classes, not 10" in err and "--finetune_checkpoint" in err
 
     full = tmp_path / "full"
     full.mkdir()
@@ -568,6 +572,16 @@ def test_finetune_from_an_imported_checkpoint_with_a_new_head(ten_class_import, 
     assert "logits_dense keeps its fresh initialisation" in proc.stdout
     saved = json.loads((tuned / checkpoints.CONFIG_FILE).read_text())
     assert saved["num_classes"] == 12 and saved["padding"] == "symmetric"
+
+
+def test_symmetric_padding_adds_only_weightless_layers():
+    tf_model = build_model("resnet50", padding="tf")
+    sym = build_model("resnet50", padding="symmetric")
+    assert [w.name for w in tf_model.weights] == [w.name for w in sym.weights]
+    assert not [layer.name for layer in tf_model.layers if layer.name.endswith("_pad")]
+    padded = {layer.name for layer in sym.layers if layer.name.endswith("_pad")}
+    # The stem and each stage's first strided 3x3; 1x1 shortcuts need no padding.
+    assert padded == {"stem_pad"} | {f"stage{s}_block1_3x3_pad" for s in (2, 3, 4)}
 
 
 def test_the_sidecar_decides_the_padding_and_without_the_key_it_is_tf(tmp_path):

@@ -415,8 +415,9 @@ def import_weights(
     drop_last = source.kind == "tf1" and classes == ORIGINAL_CLASSES and num_classes == 1000
     if num_classes != classes and not drop_last:
         raise UserError(
-            f"{src} has {classes} classes, not {num_classes}: import with --num_classes "
-            f"{classes}, then fine-tune with --finetune_checkpoint for another class count"
+            f"{src} looks like a {looks} with {classes} classes, not {num_classes}: import "
+            f"with --num_classes {classes}, then fine-tune with --finetune_checkpoint for "
+            "another class count"
         )
     mapping = build_mapping(source, arch)
     check_accounting(source, mapping)
