@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import tensorflow as tf
 from model import ARCHITECTURES, build_model
 from model.resnet import IMAGENET_MEAN, IMAGENET_STD
 from runtime import checkpoints
-from tests.support import run_main
+from tests.support import REPO, run_main
 from utils.sample_data import ensure_sample_data
 from utils.tools import import_weights, torch_reader
 
@@ -521,6 +523,14 @@ def test_leftover_missing_wrong_arch_and_full_output_are_one_line_errors(
     (full / "keep.txt").write_text("mine")
     err = _one_error(capsys, good, "--arch", "resnet50", "--output", full)
     assert "not empty" in err and (full / "keep.txt").read_text() == "mine"
+    # The same through the module entry point: exit 1, one line, no traceback.
+    proc = subprocess.run(
+        [sys.executable, "-m", "utils.import_weights", str(good), "--arch", "resnet50",
+         "--output", str(full)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "import_weights:" in line] == [err]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dirs left
 
 

@@ -19,7 +19,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from model.resnet import ARCHITECTURES
 from utils.errors import UserError
 
 BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -47,6 +46,14 @@ TF1_TRAINING_STATE = re.compile(r"(^|/)(global_step|current_loss_scale(_\d+)?|go
 ORIGINAL_CLASSES = 1001  # the original's head: logit i = class i, logit 1000 never trained
 
 
+def _architectures() -> dict:
+    """`model.resnet.ARCHITECTURES`, imported late: it imports TensorFlow, whose start-up
+    log level `main` sets first."""
+    from model.resnet import ARCHITECTURES
+
+    return ARCHITECTURES
+
+
 @dataclass(frozen=True)
 class Unit:
     """One weighted layer of the port: its Keras layer name, kind and place in the net."""
@@ -64,6 +71,7 @@ def port_units(arch: str) -> List[Unit]:
     Args:
         arch: a key of `model.resnet.ARCHITECTURES`.
     """
+    ARCHITECTURES = _architectures()
     spec = ARCHITECTURES[arch]
     units = [Unit("stem_conv", "conv", part="stem"), Unit("stem_bn", "bn", part="stem")]
     for stage, blocks in enumerate(spec.blocks, start=1):
@@ -222,6 +230,7 @@ def _torch_block(source: Source, stage: int, block: int) -> str:
 
 def describe_torch(source: Source) -> Tuple[Optional[str], str, int]:
     """(matching arch or None, what it looks like, class count) of a PyTorch source."""
+    ARCHITECTURES = _architectures()
     shapes, blocks, widths, groups = source.shapes, [], [], []
     for stage in range(1, 5):
         count = 0
@@ -254,6 +263,7 @@ def describe_torch(source: Source) -> Tuple[Optional[str], str, int]:
 
 def describe_tf1(source: Source) -> Tuple[Optional[str], str, int]:
     """(matching arch or None, what it looks like, class count) of a TF1 source."""
+    ARCHITECTURES = _architectures()
     scopes = sorted({name.split("/")[0] for name in source.shapes if "/" in name})
     arch = scopes[0] if len(scopes) == 1 and scopes[0] in ARCHITECTURES else None
     classes = source.shapes.get(f"{arch}/output/dense/bias", (0,))[0] if arch else 0
@@ -278,6 +288,7 @@ def _identity(w):
 
 
 def _tf1_names(unit: Unit, param: str, arch: str) -> Tuple[str, Callable]:
+    ARCHITECTURES = _architectures()
     if unit.part == "stem":
         scope = f"{arch}/conv2d"
         return (
@@ -466,6 +477,7 @@ def import_weights(
 
 def _check_se_widths(source: Source, mapping: dict, looks: str) -> None:
     """NVIDIA PyTorch's SE squeezes to 16 channels everywhere; the port's reduces by 16."""
+    ARCHITECTURES = _architectures()
     key, _ = mapping["stage4_block1_se_reduce/kernel"]
     if source.shapes[key][0] * ARCHITECTURES["se-resnext101-32x4d"].se_ratio != 2048:
         raise UserError(
@@ -481,6 +493,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     Args:
         argv: the arguments; None: sys.argv[1:].
     """
+    ARCHITECTURES = _architectures()
     parser = argparse.ArgumentParser(
         prog="import_weights",
         description="Import a TF1 checkpoint of the original or PyTorch weights (.pth, .pt, "
@@ -506,8 +519,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     Args:
         argv: the arguments; None: sys.argv[1:].
     """
-    args = parse_args(argv)
+    # Keep TensorFlow's C++ start-up chatter out of the output, as main.py does.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_args(argv)
     try:
         import_weights(args.src, args.arch, args.output, args.num_classes)
     except UserError as error:
