@@ -366,10 +366,12 @@ def test_reader_reads_what_torch_save_wrote():
     # Written once by tests/fixtures/make_torch_save_fixture.py with torch 2.13.0 (CPU) in a
     # separate venv: a Module's state_dict (with _metadata) plus float64, float16, a
     # transposed view and an offset slice sharing one storage, in a checkpoint dict with an
-    # SGD optimizer state_dict and an nn.Parameter; the .npz holds the values torch had.
+    # SGD optimizer state_dict, a NumPy scalar and an nn.Parameter; the .npz holds the values
+    # torch had.
     loaded = torch_reader.load(str(FIXTURES / "torch_save_checkpoint.pth"))
     expected = np.load(FIXTURES / "torch_save_checkpoint.npz")
-    assert set(loaded) == {"epoch", "arch", "state_dict", "optimizer", "param"}
+    assert set(loaded) == {"epoch", "arch", "state_dict", "best_prec1", "optimizer", "param"}
+    assert loaded["best_prec1"] == 79.35 and loaded["best_prec1"].dtype == np.float64
     for key, value in loaded["state_dict"].items():
         assert value.dtype == expected[key].dtype and value.shape == expected[key].shape, key
         np.testing.assert_array_equal(value, expected[key])

@@ -3,9 +3,10 @@
 Why: importing weights must not need PyTorch installed, and `torch.load` (like any plain
 unpickling) runs whatever code the pickle names. Here `data.pkl` is unpickled with a
 restricted Unpickler that knows only what a checkpoint of tensors, dicts and numbers uses
-(`torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, `collections.OrderedDict`, the
-`torch.*Storage` types); any other global is refused with one line. Each tensor's bytes
-come from the archive's `data/<key>` entry, viewed with its dtype, shape, strides, offset.
+(`torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, `collections.OrderedDict`,
+`torch.*Storage`, NumPy number scalars); any other global is refused with one line. Each
+tensor's bytes come from the archive's `data/<key>`, viewed with its dtype, shape, strides
+and offset.
 """
 
 import collections
@@ -88,10 +89,35 @@ def _rebuild_parameter(data, *unused):
     return data
 
 
+def _numpy_dtype(name, *unused):
+    """A numeric NumPy dtype (checkpoint dicts hold NumPy scalars, e.g. a best accuracy)."""
+    dtype = np.dtype(str(name))
+    if dtype.kind not in "biuf":
+        raise UserError(f"refusing to unpickle a NumPy dtype {name!r}: not a number")
+    return dtype
+
+
+def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or not isinstance(data, bytes):
+        raise UserError("refusing to unpickle a NumPy scalar that is not a plain number")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """`_codecs.encode`: how protocol-2 pickles store bytes (here a NumPy scalar's)."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise UserError("refusing to unpickle _codecs.encode with other arguments")
+    return text.encode("latin1")
+
+
 ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("_codecs", "encode"): _latin1_bytes,
 }
 
 
