@@ -362,13 +362,14 @@ def images():
 # Tests.
 
 
-def test_reader_reads_what_torch_save_wrote():
+@pytest.mark.parametrize("name", ["torch_save_checkpoint.pth", "torch_save_checkpoint_legacy.pth"])
+def test_reader_reads_what_torch_save_wrote(name):
     # Written once by tests/fixtures/make_torch_save_fixture.py with torch 2.13.0 (CPU) in a
     # separate venv: a Module's state_dict (with _metadata) plus float64, float16, a
     # transposed view and an offset slice sharing one storage, in a checkpoint dict with an
-    # SGD optimizer state_dict, a NumPy scalar and an nn.Parameter; the .npz holds the values
-    # torch had.
-    loaded = torch_reader.load(str(FIXTURES / "torch_save_checkpoint.pth"))
+    # SGD optimizer state_dict, a NumPy scalar and an nn.Parameter, in the zip format and in
+    # the legacy one (_use_new_zipfile_serialization=False); the .npz holds torch's values.
+    loaded = torch_reader.load(str(FIXTURES / name))
     expected = np.load(FIXTURES / "torch_save_checkpoint.npz")
     assert set(loaded) == {"epoch", "arch", "state_dict", "best_prec1", "optimizer", "param"}
     assert loaded["best_prec1"] == 79.35 and loaded["best_prec1"].dtype == np.float64
@@ -386,12 +387,14 @@ def test_malicious_pickle_is_refused(tmp_path, capsys):
 
             return (os.system, ("echo pwned",))
 
-    path = tmp_path / "evil.pth"
-    write_pth(path, {}, data_pkl=pickle.dumps(Evil(), protocol=2))
-    assert import_cli(path, "--arch", "resnet50", "--output", tmp_path / "out") == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "refusing to unpickle" in err and "system" in err, err
-    assert not (tmp_path / "out").exists()
+    zipped, plain = tmp_path / "evil.pth", tmp_path / "evil_legacy.pth"
+    write_pth(zipped, {}, data_pkl=pickle.dumps(Evil(), protocol=2))
+    plain.write_bytes(pickle.dumps(Evil(), protocol=2))  # read as the legacy format
+    for path in (zipped, plain):
+        assert import_cli(path, "--arch", "resnet50", "--output", tmp_path / "out") == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "refusing to unpickle" in err and "system" in err, err
+        assert not (tmp_path / "out").exists()
 
 
 def test_tf1_eval_checkpoint_resnet50_drops_the_untrained_logit(tmp_path, images, capsys):

@@ -1,16 +1,18 @@
-"""Read PyTorch `torch.save` files (the zip format) as NumPy arrays, without PyTorch.
+"""Read PyTorch `torch.save` files (zip or legacy format) as NumPy arrays, without PyTorch.
 
 Why: importing weights must not need PyTorch installed, and `torch.load` (like any plain
 unpickling) runs whatever code the pickle names. Here `data.pkl` is unpickled with a
 restricted Unpickler that knows only what a checkpoint of tensors, dicts and numbers uses
 (`torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, `collections.OrderedDict`,
 `torch.*Storage`, NumPy number scalars); any other global is refused with one line. Each
-tensor's bytes come from the archive's `data/<key>`, viewed with its dtype, shape, strides
-and offset.
+tensor's bytes (the archive's `data/<key>`, or after the pickle in the legacy format) are
+viewed with its dtype, shape, strides and offset.
 """
 
 import collections
+import io
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -41,16 +43,22 @@ class _StorageType:
 
 
 class _Storage:
-    """One storage of the archive: its flat values, read when first used."""
+    """One storage: its flat values, read when first used (from the zip archive's entry,
+    or from `raw` bytes that the legacy format stores after the pickle)."""
 
     def __init__(self, archive, entry: str, dtype, numel: int, byteorder: str):
         self._archive, self._entry = archive, entry
         self.dtype, self.numel, self._byteorder = dtype, numel, byteorder
         self._values = None
+        self.raw = None
+
+    @property
+    def pending(self) -> bool:
+        return self._archive is None and self.raw is None
 
     def values(self) -> np.ndarray:
         if self._values is None:
-            raw = self._archive.read(self._entry)
+            raw = self.raw if self._archive is None else self._archive.read(self._entry)
             if self.dtype == "bfloat16":
                 # bfloat16 is the top half of a float32.
                 bits = np.frombuffer(raw, dtype=self._byteorder + "u2").astype(np.uint32)
@@ -67,9 +75,18 @@ class _Storage:
         return self._values
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused) -> np.ndarray:
+class _Deferred:
+    """A tensor of the legacy format, whose storage bytes come after the pickle."""
+
+    def __init__(self, *layout):
+        self.layout = layout
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
     """A copy of the strided view `size`/`stride` at `offset` into `storage`'s values."""
     del unused  # requires_grad, backward hooks, metadata: training state
+    if storage.pending:
+        return _Deferred(storage, offset, size, stride)
     size, stride = tuple(int(n) for n in size), tuple(int(n) for n in stride)
     values = storage.values()
     if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
@@ -126,7 +143,7 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(file)
         self._archive, self._prefix = archive, prefix
         self._byteorder, self._source = byteorder, source
-        self._storages = {}
+        self.storages = {}
 
     def find_class(self, module, name):
         if (module, name) in ALLOWED_GLOBALS:
@@ -139,34 +156,85 @@ class _Unpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        # zip: (storage, type, key, location, numel); legacy: the same plus view_metadata
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
             raise UserError(f"{self._source}: unknown persistent object {str(pid)[:80]}")
-        _, storage_type, key, _location, numel = pid
+        if len(pid) == 6 and pid[5] is not None:
+            raise UserError(f"{self._source}: storage views of PyTorch < 1.0 are not supported")
+        _, storage_type, key, _location, numel = pid[:5]
         if not isinstance(storage_type, _StorageType):
             raise UserError(f"{self._source}: storage {key} has no known type")
-        if key not in self._storages:
+        if key not in self.storages:
             entry = f"{self._prefix}data/{key}"
-            self._storages[key] = _Storage(
+            self.storages[key] = _Storage(
                 self._archive, entry, storage_type.dtype, int(numel), self._byteorder
             )
-        return self._storages[key]
+        return self.storages[key]
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # what torch.save wrote first before PyTorch 1.6
+
+
+def _resolve(value):
+    """`value` with every `_Deferred` tensor made an array (dicts keep type and attributes)."""
+    if isinstance(value, _Deferred):
+        return _rebuild_tensor(*value.layout)
+    if isinstance(value, dict):
+        resolved = type(value)((k, _resolve(v)) for k, v in value.items())
+        for name, attribute in getattr(value, "__dict__", {}).items():  # e.g. _metadata
+            setattr(resolved, name, attribute)
+        return resolved
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v) for v in value)
+    return value
+
+
+def _load_legacy(path: str):
+    """The legacy format: magic, version, sys_info, the object, its storage keys, then
+    each storage as an int64 element count and its bytes."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    stream = io.BytesIO(data)
+
+    def unpickle(byteorder="<"):
+        try:
+            unpickler = _Unpickler(stream, None, "", byteorder, path)
+            return unpickler, unpickler.load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+            raise UserError(f"{path} is not a torch.save file ({error})") from None
+
+    if unpickle()[1] != LEGACY_MAGIC:
+        raise UserError(f"{path} is not a torch.save file (neither zip nor legacy format)")
+    unpickle()  # protocol version
+    sys_info = unpickle()[1]
+    byteorder = "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian") else ">"
+    unpickler, obj = unpickle(byteorder)
+    keys = unpickle()[1]
+    position = stream.tell()
+    for key in keys:
+        storage = unpickler.storages.get(key)
+        if storage is None:
+            raise UserError(f"{path}: storage {key} is stored but never used")
+        (numel,) = struct.unpack(byteorder + "q", data[position : position + 8])
+        nbytes = numel * (2 if storage.dtype == "bfloat16" else np.dtype(storage.dtype).itemsize)
+        storage.raw = data[position + 8 : position + 8 + nbytes]
+        position += 8 + nbytes
+    return _resolve(obj)
 
 
 def load(path: str):
-    """The object `torch.save` wrote to `path` (zip format), tensors as NumPy arrays.
+    """The object `torch.save` wrote to `path`, tensors as NumPy arrays.
 
     Args:
-        path: a `.pth` / `.pt` file written by `torch.save` (PyTorch 1.6 or newer).
+        path: a `.pth` / `.pt` file written by `torch.save` (the zip format of PyTorch 1.6
+            and newer, or the legacy format before it).
 
     Raises:
-        UserError: not a zip-format torch file, or it pickles anything but tensors,
-            dicts, lists and numbers.
+        UserError: not a torch.save file, or it pickles anything but tensors, dicts,
+            lists and numbers.
     """
     if not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{path} is not a zip-format torch.save file (PyTorch < 1.6 wrote another "
-            "format): re-save it with a current PyTorch"
-        )
+        return _load_legacy(path)
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
