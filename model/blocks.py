@@ -31,13 +31,19 @@ class LayerFactory:
         self.padding = padding
         self.channel_axis = -1 if data_format == "channels_last" else 1
 
-    def explicit_padding(self, kernel_size, strides):
-        """Pixels to pad on each side before a 'valid' layer, or 0 for TF 'SAME'."""
+    def explicit_padding(self, kernel_size: int, strides: int) -> int:
+        """Pixels to pad on each side before a 'valid' layer, or 0 for TF 'SAME'.
+
+        Args:
+            kernel_size: the layer's (square) window.
+            strides: its stride.
+        """
         if self.padding == "symmetric" and strides > 1 and kernel_size > 1:
             return (kernel_size - 1) // 2
         return 0
 
-    def pad(self, x, amount, name):
+    def pad(self, x: tf.Tensor, amount: int, name: str) -> tf.Tensor:
+        """`x` zero-padded by `amount` on every spatial side (a weightless layer `name`)."""
         return tf.keras.layers.ZeroPadding2D(amount, data_format=self.data_format, name=name)(x)
 
     def initializer(self):

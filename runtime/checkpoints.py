@@ -42,9 +42,13 @@ def model_config(args):
     }
 
 
-def recorded_padding(args):
+def recorded_padding(args) -> str:
     """The padding of the checkpoint this run starts from: --model_dir's sidecar, else
-    --finetune_checkpoint's, else "tf" (training from scratch keeps TF padding)."""
+    --finetune_checkpoint's, else "tf" (training from scratch keeps TF padding).
+
+    Args:
+        args: the parsed flags (`model_dir`, `finetune_checkpoint` are read if present).
+    """
     for path in (getattr(args, "model_dir", None), getattr(args, "finetune_checkpoint", None)):
         saved = _read_config(_checkpoint_dir(path)) if path else None
         if saved is not None:
@@ -52,8 +56,13 @@ def recorded_padding(args):
     return DEFAULT_PADDING
 
 
-def write_model_config(directory, config):
-    """Write `config` as `directory`/model_config.json (atomically)."""
+def write_model_config(directory: str, config: dict) -> None:
+    """Write `config` as `directory`/model_config.json (atomically).
+
+    Args:
+        directory: an existing checkpoint directory.
+        config: a `model_config` dict.
+    """
     _write_json_atomically(os.path.join(directory, CONFIG_FILE), config)
 
 

@@ -14,7 +14,7 @@ class MaxPool2D(tf.keras.layers.MaxPool2D):
     `MaxPool2d(k, s, padding=p)` (TF 'SAME' puts the extra row and column bottom/right).
     """
 
-    def __init__(self, *args, explicit_padding=0, **kwargs):
+    def __init__(self, *args, explicit_padding: int = 0, **kwargs):
         if explicit_padding:
             kwargs["padding"] = "valid"
         super().__init__(*args, **kwargs)

@@ -229,7 +229,11 @@ def _torch_block(source: Source, stage: int, block: int) -> str:
 
 
 def describe_torch(source: Source) -> Tuple[Optional[str], str, int]:
-    """(matching arch or None, what it looks like, class count) of a PyTorch source."""
+    """(matching arch or None, what it looks like, class count) of a PyTorch source.
+
+    Args:
+        source: an opened PyTorch source.
+    """
     ARCHITECTURES = _architectures()
     shapes, blocks, widths, groups = source.shapes, [], [], []
     for stage in range(1, 5):
@@ -262,7 +266,11 @@ def describe_torch(source: Source) -> Tuple[Optional[str], str, int]:
 
 
 def describe_tf1(source: Source) -> Tuple[Optional[str], str, int]:
-    """(matching arch or None, what it looks like, class count) of a TF1 source."""
+    """(matching arch or None, what it looks like, class count) of a TF1 source.
+
+    Args:
+        source: an opened TF1 source.
+    """
     ARCHITECTURES = _architectures()
     scopes = sorted({name.split("/")[0] for name in source.shapes if "/" in name})
     arch = scopes[0] if len(scopes) == 1 and scopes[0] in ARCHITECTURES else None
@@ -345,7 +353,12 @@ def build_mapping(source: Source, arch: str) -> Dict[str, Tuple[str, Callable]]:
 
 
 def check_accounting(source: Source, mapping: Dict[str, Tuple[str, Callable]]) -> None:
-    """Refuse a source with a tensor the mapping does not use, or lacking one it needs."""
+    """Refuse a source with a tensor the mapping does not use, or lacking one it needs.
+
+    Args:
+        source: the opened source.
+        mapping: `build_mapping`'s result.
+    """
     wanted = [key for key, _ in mapping.values()]
     assert len(set(wanted)) == len(wanted), "a source key is mapped twice"
     missing = [key for key in wanted if key not in source.shapes]
