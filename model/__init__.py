@@ -22,6 +22,7 @@ def build(config: ModelConfig):
         weight_init=config.weight_init,
         use_final_conv=config.use_final_conv,
         normalize_input=config.normalize_input,
+        padding=config.padding,
     )
     if not config.quantize:
         return model

@@ -1,30 +1,58 @@
 """Functional building blocks: conv+BN(+ReLU), squeeze-and-excitation, the bottleneck.
 
 Every builder takes a `LayerFactory` that carries the settings shared by the whole
-network (data format, initializer), so the blocks only state what differs.
+network (data format, initializer, padding), so the blocks only state what differs.
 """
+
+import tensorflow as tf
 
 from model.layers.grouped_conv import GroupedConv2D
 from utils.core.tf_compat import keras
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+PADDINGS = ("tf", "symmetric")
 
 
 class LayerFactory:
-    """Makes the layers of one network with its data format and kernel initializer."""
+    """Makes the layers of one network with its data format, kernel initializer and padding.
 
-    def __init__(self, data_format="channels_last", weight_init="fan_out"):
+    `padding="tf"`: TensorFlow 'SAME' (for an even input a strided conv's extra row and
+    column go bottom/right), as the original TF1 model trained. `padding="symmetric"`:
+    PyTorch's `padding=(k - 1) // 2` on every side, for weights trained in PyTorch. The two
+    differ only for strided layers with k > 1, so only those get an explicit ZeroPadding2D
+    ('{name}_pad', no weights) and a 'valid' conv; every variable is the same in both.
+    """
+
+    def __init__(self, data_format="channels_last", weight_init="fan_out", padding="tf"):
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         self.data_format = data_format
         self.weight_init = weight_init
+        self.padding = padding
         self.channel_axis = -1 if data_format == "channels_last" else 1
+
+    def explicit_padding(self, kernel_size: int, strides: int) -> int:
+        """Pixels to pad on each side before a 'valid' layer, or 0 for TF 'SAME'.
+
+        Args:
+            kernel_size: the layer's (square) window.
+            strides: its stride.
+        """
+        if self.padding == "symmetric" and strides > 1 and kernel_size > 1:
+            return (kernel_size - 1) // 2
+        return 0
+
+    def pad(self, x: tf.Tensor, amount: int, name: str) -> tf.Tensor:
+        """`x` zero-padded by `amount` on every spatial side (a weightless layer `name`)."""
+        return keras.layers.ZeroPadding2D(amount, data_format=self.data_format, name=name)(x)
 
     def initializer(self):
         return keras.initializers.VarianceScaling(
             scale=2.0, mode=self.weight_init, distribution="truncated_normal"
         )
 
-    def conv(self, filters, kernel_size, strides=1, groups=1, name=None):
+    def conv(self, filters, kernel_size, strides=1, groups=1, name=None, padding="same"):
         if groups > 1:
             return GroupedConv2D(
                 filters,
@@ -33,13 +61,14 @@ class LayerFactory:
                 strides=strides,
                 data_format=self.data_format,
                 kernel_initializer=self.initializer(),
+                padding=padding,
                 name=name,
             )
         return keras.layers.Conv2D(
             filters,
             kernel_size,
             strides=strides,
-            padding="same",
+            padding=padding,
             use_bias=False,
             data_format=self.data_format,
             kernel_initializer=self.initializer(),
@@ -62,7 +91,11 @@ class LayerFactory:
 
 def conv_bn(x, f, filters, kernel_size, name, strides=1, groups=1, relu=True):
     """conv (bias-free) -> BN [-> ReLU], named `{name}_conv`, `{name}_bn`, `{name}_relu`."""
-    x = f.conv(filters, kernel_size, strides, groups, name=f"{name}_conv")(x)
+    pad = f.explicit_padding(kernel_size, strides)
+    if pad:
+        x = f.pad(x, pad, name=f"{name}_pad")
+    conv = f.conv(filters, kernel_size, strides, groups, f"{name}_conv", "valid" if pad else "same")
+    x = conv(x)
     x = f.batch_norm(name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping
 IMAGENET_MEAN = (123.68, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.120, 57.385)
 DATA_FORMATS = ("NHWC", "NCHW")
+PADDINGS = ("tf", "symmetric")  # TF 'SAME' (the original's) or PyTorch's symmetric
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,24 @@ class ModelConfig:
     weight_init: str = "fan_out"
     normalize_input: bool = True  # False when the input pipeline normalises (DALI)
     quant_delay: int = 0
+    padding: str = "tf"  # "symmetric": PyTorch's, for imported PyTorch weights
 
-    SAVED = ("arch", "num_classes", "use_final_conv", "quantize", "symmetric", "use_qdq")
+    SAVED = (
+        "arch",
+        "num_classes",
+        "use_final_conv",
+        "quantize",
+        "symmetric",
+        "use_qdq",
+        "padding",
+    )
     FLAGS = ("use_final_conv", "quantize", "symmetric", "use_qdq")  # boolean flags
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {sorted(ARCHITECTURES)}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
 
     @classmethod
     def from_args(cls, args) -> "ModelConfig":
@@ -81,10 +93,14 @@ class ModelConfig:
         """This config with a model_config.json's fields; a sidecar without the
         quantization keys is a float model's."""
         fields = {key: False for key in ("quantize", "symmetric", "use_qdq")}
+        fields["padding"] = "tf"  # sidecars from before the padding option
         fields.update({key: saved[key] for key in self.SAVED if key in saved})
         return dataclasses.replace(self, **fields)
 
     def describe(self) -> str:
         """The flags that build this model, e.g. `--arch resnet50 --num_classes 10`."""
         flags = [f"--arch {self.arch}", f"--num_classes {self.num_classes}"]
-        return " ".join(flags + [f"--{key}" for key in self.FLAGS if getattr(self, key)])
+        flags += [f"--{key}" for key in self.FLAGS if getattr(self, key)]
+        if self.padding != "tf":
+            flags.append(f"({self.padding} padding)")
+        return " ".join(flags)

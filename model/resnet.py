@@ -24,7 +24,14 @@ def normalize_images(x):
 
 def _stem(x, f):
     x = conv_bn(x, f, 64, 7, strides=2, name="stem")
-    return MaxPool2D(3, 2, padding="same", data_format=f.data_format, name="stem_pool")(x)
+    return MaxPool2D(
+        3,
+        2,
+        padding="same",
+        explicit_padding=f.explicit_padding(3, 2),
+        data_format=f.data_format,
+        name="stem_pool",
+    )(x)
 
 
 def _head(x, f, num_classes, use_final_conv):
@@ -55,11 +62,14 @@ def build_model(
     use_final_conv=False,
     normalize_input=True,
     image_size=None,
+    padding="tf",
 ):
     """Build `arch` as a Keras model mapping [N, H, W, 3] pixels to [N, num_classes] logits.
 
     `normalize_input=False` is for pipelines that already normalise (DALI).
     `image_size` fixes H and W in the input signature; None accepts any size.
+    `padding`: "tf" ('SAME', the original's) or "symmetric" (PyTorch's, for imported
+    PyTorch weights); see `model.blocks.LayerFactory`. Both have the same variables.
     The current `keras.mixed_precision` global policy sets the compute dtype.
     """
     if arch not in ARCHITECTURES:
@@ -67,7 +77,7 @@ def build_model(
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be NHWC or NCHW, got {data_format!r}")
     spec = ARCHITECTURES[arch]
-    f = LayerFactory(DATA_FORMAT_NAMES[data_format], weight_init)
+    f = LayerFactory(DATA_FORMAT_NAMES[data_format], weight_init, padding)
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
     x = inputs

@@ -6,7 +6,8 @@ A small `model_config.json` beside the checkpoints records the architecture and 
 the model is quantization-aware (QAT); a checkpoint of another architecture, or a float
 checkpoint where a QAT one is expected (and the reverse), is refused with one line instead
 of a shape traceback. Fine-tuning (`--finetune_checkpoint`) copies float weights across
-that boundary.
+that boundary. The sidecar's `padding` ("tf", or "symmetric" for imported PyTorch weights;
+absent means "tf") is not a flag: the checkpoint a run starts from decides it.
 """
 
 import json
@@ -22,6 +23,30 @@ from utils.core.errors import UserError, tf_error_message
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5
 HEAD_LAYERS = ("logits_dense", "logits_conv")
+
+
+def recorded_padding(args) -> str:
+    """The padding of the checkpoint this run starts from: --model_dir's sidecar, else
+    --finetune_checkpoint's, else "tf" (training from scratch keeps TF padding).
+
+    Args:
+        args: the parsed flags (`model_dir`, `finetune_checkpoint` are read if present).
+    """
+    for path in (getattr(args, "model_dir", None), getattr(args, "finetune_checkpoint", None)):
+        saved = _read_config(_checkpoint_dir(path)) if path else None
+        if saved is not None:
+            return saved.get("padding", "tf")
+    return "tf"
+
+
+def write_model_config(directory: str, config: ModelConfig) -> None:
+    """Write `config` as `directory`/model_config.json (atomically).
+
+    Args:
+        directory: an existing checkpoint directory.
+        config: the model's config.
+    """
+    fileio.write_json(os.path.join(directory, CONFIG_FILE), config.saved())
 
 
 def _read_config(directory):
@@ -59,6 +84,11 @@ def check_compatible(directory: str, config: ModelConfig, flag: str = "--model_d
     saved = _read_config(directory)
     if saved is None:
         return
+    was, want = saved.get("padding", "tf"), config.padding
+    if was != want:
+        raise UserError(
+            f"checkpoint in {directory} has {was} padding, this model {want}: use another {flag}"
+        )
     for key in ("arch", "num_classes"):
         if saved.get(key) != getattr(config, key):
             raise UserError(
@@ -113,7 +143,7 @@ class CheckpointKeeper:
         if not self.enabled:
             return None
         os.makedirs(self.model_dir, exist_ok=True)
-        fileio.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config.saved())
+        write_model_config(self.model_dir, self.config)
         return self.manager.save(checkpoint_number=int(step))
 
 

@@ -10,6 +10,7 @@ on any rank ends the whole job with one line. `inference_benchmark` and `predict
 rank 0 alone; the other processes exit at once, without starting Horovod.
 """
 
+import dataclasses
 import functools
 import sys
 
@@ -269,7 +270,10 @@ def _run(args, dist):
         logger.log_parameters({**vars(args), "num_processes": dist.size})
         for metric, unit in METRIC_UNITS.items():
             logger.metadata(metric, {"unit": unit} if unit else {})
-        RUNNERS[args.mode](args, ModelConfig.from_args(args), dist, logger, seed)
+        config = dataclasses.replace(
+            ModelConfig.from_args(args), padding=checkpoints.recorded_padding(args)
+        )
+        RUNNERS[args.mode](args, config, dist, logger, seed)
     finally:
         logger.close()
         sys.stdout.flush()

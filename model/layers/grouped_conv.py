@@ -2,7 +2,8 @@
 
 The kernel is always `[k, k, C_in / groups, C_out]`, the layout `tf.nn.conv2d` takes for
 a grouped convolution, so a checkpoint moves between devices and implementations unchanged.
-Padding is always 'SAME'; there is no bias.
+Padding is 'SAME' (default) or 'VALID' (after an explicit pad, for PyTorch's symmetric
+padding); there is no bias.
 
 `implementation` (of `GroupedConv2D` and of `grouped_conv2d`) picks how it is computed:
 
@@ -78,7 +79,7 @@ def grouped_to_depthwise_kernel(kernel, groups):
     return tf.reshape(kernel, [k_h, k_w, groups * cin_g, cout_g])
 
 
-def depthwise_grouped_conv2d(x, kernel, groups, strides):
+def depthwise_grouped_conv2d(x, kernel, groups, strides, padding="SAME"):
     """Grouped conv of NHWC `x` computed with a depthwise conv and a per-group sum."""
     cin_g, c_out = kernel.shape[2], kernel.shape[3]
     cout_g = c_out // groups
@@ -86,7 +87,7 @@ def depthwise_grouped_conv2d(x, kernel, groups, strides):
         x,
         grouped_to_depthwise_kernel(kernel, groups),
         strides=[1, strides, strides, 1],
-        padding="SAME",
+        padding=padding,
     )
     shape = tf.shape(y)
     y = tf.reshape(y, [shape[0], shape[1], shape[2], groups, cin_g, cout_g])
@@ -94,11 +95,11 @@ def depthwise_grouped_conv2d(x, kernel, groups, strides):
     return tf.reshape(y, [shape[0], shape[1], shape[2], c_out])
 
 
-def split_grouped_conv2d(x, kernel, groups, strides):
+def split_grouped_conv2d(x, kernel, groups, strides, padding="SAME"):
     """Grouped conv of NHWC `x` as one conv per group and a concat."""
     xs = tf.split(x, groups, axis=-1)
     ks = tf.split(kernel, groups, axis=-1)
-    ys = [tf.nn.conv2d(xg, kg, strides, "SAME") for xg, kg in zip(xs, ks)]
+    ys = [tf.nn.conv2d(xg, kg, strides, padding) for xg, kg in zip(xs, ks)]
     return tf.concat(ys, axis=-1)
 
 
@@ -178,7 +179,7 @@ def native_grads_supported(dtype_name):
     return True
 
 
-def cpu_grouped_conv2d(x, kernel, groups, strides):
+def cpu_grouped_conv2d(x, kernel, groups, strides, padding="SAME"):
     """The CPU path: the native grouped conv where TensorFlow's CPU kernels can train it.
 
     float16 is computed in float32 and cast back (no float16 oneDNN kernels on CPU). Where
@@ -187,18 +188,18 @@ def cpu_grouped_conv2d(x, kernel, groups, strides):
     split formulation is used.
     """
     if tf_compat.in_xla_context():
-        return split_grouped_conv2d(x, kernel, groups, strides)
+        return split_grouped_conv2d(x, kernel, groups, strides, padding)
     if x.dtype == tf.float16:
-        y = cpu_grouped_conv2d(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), groups, strides)
-        return tf.cast(y, tf.float16)
+        x32, k32 = tf.cast(x, tf.float32), tf.cast(kernel, tf.float32)
+        return tf.cast(cpu_grouped_conv2d(x32, k32, groups, strides, padding), tf.float16)
     if native_grads_supported(x.dtype.name):
-        return tf.nn.conv2d(x, kernel, strides, "SAME")
-    return split_grouped_conv2d(x, kernel, groups, strides)
+        return tf.nn.conv2d(x, kernel, strides, padding)
+    return split_grouped_conv2d(x, kernel, groups, strides, padding)
 
 
-def native_grouped_conv2d(x, kernel, groups, strides, data_format="NHWC"):
+def native_grouped_conv2d(x, kernel, groups, strides, data_format="NHWC", padding="SAME"):
     del groups  # implied by the kernel's shape
-    return tf.nn.conv2d(x, kernel, strides, "SAME", data_format=data_format)
+    return tf.nn.conv2d(x, kernel, strides, padding, data_format=data_format)
 
 
 _NHWC_FORMULATIONS = {
@@ -208,24 +209,27 @@ _NHWC_FORMULATIONS = {
 }
 
 
-def grouped_conv2d(x, kernel, groups, strides=1, data_format="NHWC", implementation="auto"):
-    """'SAME' grouped conv of `x` with a `[k, k, C_in/groups, C_out]` kernel.
+def grouped_conv2d(
+    x, kernel, groups, strides=1, data_format="NHWC", implementation="auto", padding="SAME"
+):
+    """Grouped conv of `x` with a `[k, k, C_in/groups, C_out]` kernel.
 
-    `data_format` is "NHWC" or "NCHW"; `implementation` as in the module docstring.
+    `data_format` is "NHWC" or "NCHW"; `implementation` as in the module docstring;
+    `padding` "SAME" or "VALID".
     """
     implementation = resolve_implementation(implementation, groups)
     kernel = tf.cast(kernel, x.dtype)
     if implementation == "native":
-        return native_grouped_conv2d(x, kernel, groups, strides, data_format)
+        return native_grouped_conv2d(x, kernel, groups, strides, data_format, padding)
     fn = _NHWC_FORMULATIONS[implementation]
     if data_format == "NCHW":
-        y = fn(tf.transpose(x, [0, 2, 3, 1]), kernel, groups, strides)
+        y = fn(tf.transpose(x, [0, 2, 3, 1]), kernel, groups, strides, padding)
         return tf.transpose(y, [0, 3, 1, 2])
-    return fn(x, kernel, groups, strides)
+    return fn(x, kernel, groups, strides, padding)
 
 
 class GroupedConv2D(keras.layers.Layer):
-    """Bias-free grouped convolution with 'SAME' padding.
+    """Bias-free grouped convolution; `padding` "same" (default) or "valid".
 
     `implementation`: one of `IMPLEMENTATIONS` (see the module docstring); "auto" runs
     "native" on GPU and "cpu" otherwise. The choice is made when the layer is called, so a
@@ -242,11 +246,14 @@ class GroupedConv2D(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         implementation="auto",
+        padding="same",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         if filters % groups:
             raise ValueError(f"filters ({filters}) must be divisible by groups ({groups})")
         self.filters = filters
@@ -257,6 +264,7 @@ class GroupedConv2D(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.implementation = implementation
+        self.padding = padding
 
     @property
     def _channel_axis(self):
@@ -286,6 +294,7 @@ class GroupedConv2D(keras.layers.Layer):
             self.strides,
             data_format="NHWC" if self.data_format == "channels_last" else "NCHW",
             implementation=self._resolved_implementation(),
+            padding=self.padding.upper(),
         )
 
     def compute_output_shape(self, input_shape):
@@ -293,7 +302,9 @@ class GroupedConv2D(keras.layers.Layer):
         spatial = [1, 2] if self.data_format == "channels_last" else [2, 3]
         out = list(input_shape)
         for axis in spatial:
-            if out[axis] is not None:
+            if out[axis] is not None and self.padding == "valid":
+                out[axis] = (out[axis] - self.kernel_size) // self.strides + 1
+            elif out[axis] is not None:
                 out[axis] = -(-out[axis] // self.strides)
         out[self._channel_axis] = self.filters
         return tf.TensorShape(out)
@@ -309,5 +320,6 @@ class GroupedConv2D(keras.layers.Layer):
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             implementation=self.implementation,
+            padding=self.padding,
         )
         return config
