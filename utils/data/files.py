@@ -60,13 +60,23 @@ def shard_size(total, num_shards, shard_index):
 
 def count_records(files, cache_dir=None):
     """Total number of records in `files`, counted once and cached (see module docstring)."""
-    total = 0
+    return sum(record_counts(files, cache_dir))
+
+
+def record_counts(files: list, cache_dir: str = None) -> list:
+    """The number of records of each of `files`, in order, counted once and cached.
+
+    Args:
+      files: TFRecord paths. cache_dir: where to cache if the data directory is read-only.
+    """
     by_dir = {}
     for path in files:
         by_dir.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
+    counts = {}
     for directory, paths in by_dir.items():
-        total += sum(_counts_in_dir(directory, paths, cache_dir).values())
-    return total
+        found = _counts_in_dir(directory, paths, cache_dir)
+        counts.update({path: found[os.path.basename(path)] for path in paths})
+    return [counts[path] for path in files]
 
 
 def _counts_in_dir(directory, paths, cache_dir):
