@@ -100,3 +100,89 @@ def test_corrupted_validation_record_is_reported_and_counted(tmp_path, caplog):
     assert sorted(got) == [0] * 8 + [1] * 10
     assert data_utils.skipped_images("validation") - before == 2  # counted once
     assert f"{path}: cannot read record 8" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# 7. An interrupted --overwrite conversion; missing shards of an -of-NNNNN set
+
+
+def test_interrupted_overwrite_keeps_the_old_set_and_missing_shards_are_named(
+    tmp_path, monkeypatch
+):
+    from tests.test_converter import convert, make_tree
+    from utils.tools import build_tfrecords
+
+    train_dir, _ = make_tree(tmp_path, per_class=4)  # 12 images
+    out = tmp_path / "out"
+    convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 12])
+    old = {name: (out / name).read_bytes() for name in os.listdir(out) if name[0] != "."}
+    assert len(old) == 12
+
+    real_write, calls = build_tfrecords._write_shard, []
+
+    def write_then_crash(*args):
+        calls.append(args)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # Ctrl-C after 5 of 12 new shards
+        return real_write(*args)
+
+    monkeypatch.setattr(build_tfrecords, "_write_shard", write_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 12,
+                 "--overwrite", "--num_workers", 1])  # fmt: skip
+    assert sorted(os.listdir(out)) == sorted(old)  # no staging or backup left, old set whole
+    assert all((out / name).read_bytes() == data for name, data in old.items())
+    assert len(data_utils.list_files(str(out), "train")) == 12
+
+    for name in sorted(old)[5:]:
+        os.unlink(out / name)  # what the old converter left behind
+    with pytest.raises(
+        UserError, match=r"has 5 of the 12 train shards: missing train-00005-of-00012"
+    ):
+        data_utils.list_files(str(out), "train")
+
+
+def test_overwrite_swaps_in_the_new_set(tmp_path):
+    from tests.test_converter import convert, make_tree
+
+    train_dir, _ = make_tree(tmp_path, per_class=2)
+    out = tmp_path / "out"
+    convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 3])
+    convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 2, "--overwrite"])
+    assert sorted(os.listdir(out)) == ["train-00000-of-00002", "train-00001-of-00002"]
+
+
+def test_mixed_shard_sets_are_one_line(tmp_path):
+    data = make_split(tmp_path / "data", "train", [[1], [2]])
+    write_records(os.path.join(data, "train-00000-of-00003"), [example(3)])
+    with pytest.raises(UserError, match=r"mixes train shard sets \(2 of 2 and 1 of 3\)"):
+        data_utils.list_files(data, "train")
+
+
+# ---------------------------------------------------------------------------------------
+# 15. An empty class folder keeps its label
+
+
+def test_empty_class_folder_keeps_its_label(tmp_path, capsys):
+    from tests.test_converter import CLASSES, convert, make_tree, read_split
+
+    train_dir, _ = make_tree(tmp_path, per_class=1)
+    for name in os.listdir(os.path.join(train_dir, CLASSES[1])):
+        os.unlink(os.path.join(train_dir, CLASSES[1], name))
+    convert(["--train_dir", train_dir, "--output_dir", tmp_path / "out", "--train_shards", 1])
+    records = read_split(tmp_path / "out", "train")
+    assert {name: int(r["label"]) for name, r in records.items()} == {
+        "n001_0.JPEG": 0,
+        "n003_0.JPEG": 2,  # 0-based: the third sorted folder, as with the folder full
+    }
+    assert "class folder 'n002' has no images; it keeps label 2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# 16. --data_dir pointing at a file
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "train-00000-of-00001").write_bytes(b"")
+    with pytest.raises(UserError, match=r"is a file, not a directory"):
+        data_utils.list_files(str(tmp_path / "train-00000-of-00001"), "train")

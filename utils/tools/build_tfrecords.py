@@ -13,8 +13,9 @@ image/class/synset, image/class/text, image/object/bbox/{xmin,ymin,xmax,ymax,lab
 Images are shuffled with a fixed seed before sharding, so every shard mixes classes.
 Each JPEG is decoded once to check it; RGB and grayscale JPEGs are stored unchanged,
 CMYK JPEGs and other formats (a PNG saved as .JPEG, GIF, BMP) are re-encoded as RGB JPEG.
-Undecodable files are reported and left out. Each shard is written under a temporary
-name and renamed when complete. Progress goes to stderr.
+Undecodable files are reported and left out. An empty class folder keeps its label.
+The shards are written into a hidden staging folder in OUTPUT_DIR and replace the old set
+(--overwrite) only once all are complete, so an interrupted run leaves the old set whole.
 
 Run `python -m utils.tools.build_tfrecords --help` for the options. TensorFlow (for JPEG
 decoding and the record writer) is imported only once there is work to do.
@@ -25,6 +26,7 @@ import concurrent.futures
 import json
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -34,6 +36,8 @@ from utils.data import schema
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp")
 SHUFFLE_SEED = 12345  # build_imagenet_data.py's seed
 REENCODE_QUALITY = 100  # as build_imagenet_data.py for PNG and CMYK files
+STAGING = ".build_tfrecords-staging"  # in --output_dir: the new shards until all are written
+BACKUP = ".build_tfrecords-backup"  # the replaced shards, while the new ones move in
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 VALIDATION_LABELS_HELP = """\
@@ -126,20 +130,23 @@ def convert(
     overwrite=False,
 ):
     """Write the shards; returns {split: {"images": n, "shards": k, "skipped": [paths]}}."""
-    splits = {}
+    splits, folders = {}, {}
     if train_dir:
-        splits["train"] = (_class_folder_images(train_dir, "--train_dir"), train_shards)
+        images, folders["train"] = _class_folder_images(train_dir, "--train_dir")
+        splits["train"] = (images, train_shards)
     if validation_dir:
         if _has_subdirs(validation_dir):
-            images = _class_folder_images(validation_dir, "--validation_dir")
+            images, folders["validation"] = _class_folder_images(validation_dir, "--validation_dir")
         else:
             images = _flat_folder_images(validation_dir, validation_labels)
         splits["validation"] = (images, validation_shards)
 
     classes = _read_lines(labels_file, "--labels_file") if labels_file else None
-    if classes is None:
+    if classes is None:  # labels by sorted class folder name, empty folders included
         source = "train" if "train" in splits else "validation"
-        classes = sorted({cls for _, cls in splits[source][0] if isinstance(cls, str)})
+        classes = folders.get(source) or sorted(
+            {cls for _, cls in splits[source][0] if isinstance(cls, str)}
+        )
     label_of = {cls: i + 1 for i, cls in enumerate(classes)}
     if "validation" in splits:
         splits["validation"] = (
@@ -158,20 +165,26 @@ def convert(
 
     os.makedirs(output_dir, exist_ok=True)
     for split in splits:
-        _prepare_output(output_dir, split, overwrite)
+        _check_output(output_dir, split, overwrite)
+    staging = _fresh_dir(os.path.join(output_dir, STAGING))
     summary = {}
-    for split, (images, num_shards) in splits.items():
-        if not images:
-            raise UserError(f"no images found for {split}; expected <dir>/<class>/<image>.JPEG")
-        random.Random(SHUFFLE_SEED).shuffle(images)
-        if num_shards > len(images):
-            _log(f"{split}: {num_shards} shards for {len(images)} images; using {len(images)}")
-            num_shards = len(images)
-        entries = [
-            (path, cls, label_of[cls], text_of[cls], boxes_of.get(os.path.basename(path), ()))
-            for path, cls in images
-        ]
-        summary[split] = _write_split(output_dir, split, entries, num_shards, num_workers)
+    try:
+        for split, (images, num_shards) in splits.items():
+            if not images:
+                raise UserError(f"no images found for {split}; expected <dir>/<class>/<image>.JPEG")
+            random.Random(SHUFFLE_SEED).shuffle(images)
+            if num_shards > len(images):
+                _log(f"{split}: {num_shards} shards for {len(images)} images; using {len(images)}")
+                num_shards = len(images)
+            entries = [
+                (path, cls, label_of[cls], text_of[cls], boxes_of.get(os.path.basename(path), ()))
+                for path, cls in images
+            ]
+            summary[split] = _write_split(staging, split, entries, num_shards, num_workers)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the old set is untouched
+        raise
+    _swap_in(output_dir, staging, list(splits))
     return summary
 
 
@@ -181,7 +194,8 @@ def convert(
 
 def _has_subdirs(directory):
     _require_dir(directory, "--validation_dir")
-    return any(entry.is_dir() for entry in os.scandir(directory) if not entry.name.startswith("."))
+    entries = _scandir(directory, "--validation_dir")
+    return any(entry.is_dir() for entry in entries if not entry.name.startswith("."))
 
 
 def _require_dir(directory, flag):
@@ -194,26 +208,46 @@ def _is_image_name(name):
 
 
 def _class_folder_images(directory, flag):
-    """[(path, class)] for DIR/<class>/<image>, sorted."""
+    """([(path, class)] for DIR/<class>/<image>, sorted; [every class folder, sorted]).
+
+    A class folder without images keeps its place (and label), with a warning."""
     _require_dir(directory, flag)
-    images = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    images, classes = [], []
+    for entry in sorted(_scandir(directory, flag), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith("."):
-            images += [
+            classes.append(entry.name)
+            found = [
                 (os.path.join(entry.path, name), entry.name)
-                for name in sorted(os.listdir(entry.path))
+                for name in sorted(_listdir(entry.path, flag))
                 if _is_image_name(name)
             ]
+            if not found:
+                _log(
+                    f"warning: {flag} class folder {entry.name!r} has no images; it keeps "
+                    f"label {len(classes)} (labels follow the sorted folder names)"
+                )
+            images += found
     if not images:
         raise UserError(
             f"{flag} {directory!r} has no <class>/<image> files "
             f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return images
+    return images, classes
+
+
+def _scandir(directory, flag):
+    try:
+        return list(os.scandir(directory))
+    except OSError as e:
+        raise UserError(f"{flag}: cannot list {directory!r} ({e.strerror})") from None
+
+
+def _listdir(directory, flag):
+    return [entry.name for entry in _scandir(directory, flag)]
 
 
 def _flat_folder_images(directory, labels_source):
-    names = sorted(name for name in os.listdir(directory) if _is_image_name(name))
+    names = sorted(name for name in _listdir(directory, "--validation_dir") if _is_image_name(name))
     if not names:
         raise UserError(f"--validation_dir {directory!r} has no images and no class folders")
     if not labels_source:
@@ -340,18 +374,55 @@ def _imagenet_classes_json(name):
 # Writing shards
 
 
-def _prepare_output(output_dir, split, overwrite):
+def _check_output(output_dir, split, overwrite):
+    backup = os.path.join(output_dir, BACKUP)
+    if os.path.isdir(backup) and os.listdir(backup):
+        raise UserError(
+            f"{backup!r} holds the files an interrupted conversion replaced; move them back "
+            "into --output_dir (or delete that folder) and run again"
+        )
     for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
         if name.startswith(f".{split}-") and ".tmp" in name:
-            os.unlink(path)  # left by an interrupted run
-        elif name.startswith(f"{split}-"):
-            if not overwrite:
-                raise UserError(
-                    f"--output_dir {output_dir!r} already has {split}-* files; "
-                    "pass --overwrite to replace them"
-                )
-            os.unlink(path)
+            os.unlink(os.path.join(output_dir, name))  # left by an older interrupted run
+        elif name.startswith(f"{split}-") and not overwrite:
+            raise UserError(
+                f"--output_dir {output_dir!r} already has {split}-* files; "
+                "pass --overwrite to replace them"
+            )
+
+
+def _fresh_dir(path):
+    """An empty directory at `path` (what an interrupted run left there is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def _swap_in(output_dir, staging, splits):
+    """Replace the old `splits` files of `output_dir` by the complete new set in `staging`.
+
+    The old files move into a backup folder first and are deleted only once every new
+    file is in place; if the swap fails, the error says where the old files are."""
+    backup = _fresh_dir(os.path.join(output_dir, BACKUP))
+    old = [
+        name
+        for name in os.listdir(output_dir)
+        if schema.is_split_file(name) and any(schema.is_split_file(name, split) for split in splits)
+    ]
+    try:
+        for name in old:
+            os.replace(os.path.join(output_dir, name), os.path.join(backup, name))
+        for name in sorted(os.listdir(staging)):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    except BaseException as e:
+        message = getattr(e, "strerror", None) or type(e).__name__
+        raise UserError(
+            f"replacing the {'/'.join(splits)} files of {output_dir!r} failed ({message}); "
+            f"the previous files are in {backup!r}"
+        ) from None
+    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    _log(f"moved the new {'/'.join(splits)} files into {output_dir}")
 
 
 def _write_split(output_dir, split, entries, num_shards, num_workers):
@@ -382,7 +453,7 @@ def _write_split(output_dir, split, entries, num_shards, num_workers):
             pool.shutdown(cancel_futures=True)
             raise
     _log(
-        f"{split}: wrote {done_images} images in {num_shards} shards to {output_dir}"
+        f"{split}: wrote {done_images} images in {num_shards} shards"
         + (f"; skipped {len(skipped)} undecodable: {', '.join(skipped[:5])}" if skipped else "")
     )
     return {"images": done_images, "shards": num_shards, "skipped": skipped}
