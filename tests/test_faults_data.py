@@ -160,6 +160,49 @@ def test_mixed_shard_sets_are_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
+# 8. Validation files checked before training
+
+
+def _args(data_dir):
+    import argparse
+
+    return argparse.Namespace(data_dir=str(data_dir), dali=False)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", r"has 2 of the 3 validation shards: missing validation-00001-of-00003"),
+        ("truncate", r"validation-00002-of-00003: truncated record file"),
+        ("first_record", r"validation-00002-of-00003: cannot read its first record"),
+        ("empty", r"the validation-\* files in .* hold no records"),
+        ("absent", r"has no validation-\* files"),
+    ],
+)
+def test_validation_files_are_checked_before_training(tmp_path, damage, message):
+    from runtime import inputs
+
+    data = make_split(tmp_path / "data", "validation", [[1, 2], [3], [4, 5]])
+    make_split(tmp_path / "data", "train", [[1, 2, 3]])
+    last = os.path.join(data, "validation-00002-of-00003")
+    assert inputs.check_validation_data(_args(data)) == 5
+    if damage == "missing":
+        os.unlink(os.path.join(data, "validation-00001-of-00003"))
+    elif damage == "truncate":
+        os.truncate(last, os.path.getsize(last) - 7)
+    elif damage == "first_record":
+        corrupt_payload(last, 0)
+    elif damage in ("empty", "absent"):
+        for name in os.listdir(data):
+            if name.startswith("validation-"):
+                os.unlink(os.path.join(data, name))
+        if damage == "empty":
+            write_records(os.path.join(data, "validation-00000-of-00001"), [])
+    with pytest.raises(UserError, match=message):
+        inputs.check_validation_data(_args(data))
+
+
+# ---------------------------------------------------------------------------------------
 # 15. An empty class folder keeps its label
 
 
