@@ -8,7 +8,7 @@ import struct
 import pytest
 import tensorflow as tf
 
-from tests.test_data_pipeline import example, make_split, take_labels, write_records
+from tests.test_data_pipeline import example, jpeg, make_split, take_labels, write_records
 from utils import data_utils
 from utils.core.errors import UserError
 
@@ -200,6 +200,52 @@ def test_validation_files_are_checked_before_training(tmp_path, damage, message)
             write_records(os.path.join(data, "validation-00000-of-00001"), [])
     with pytest.raises(UserError, match=message):
         inputs.check_validation_data(_args(data))
+
+
+# ---------------------------------------------------------------------------------------
+# 14. predict: unreadable images are listed, the rest predicted
+
+
+def _tiny_model(x, training=False):
+    return tf.stack([tf.reduce_mean(x, axis=[1, 2, 3]), tf.zeros(tf.shape(x)[:1])], axis=1)
+
+
+def test_predict_skips_and_lists_unreadable_images(tmp_path, capsys):
+    from runtime import predict
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg(1))
+    (folder / "b_truncated.jpg").write_bytes(jpeg(2)[:200])
+    (folder / "c.png").write_bytes(b"not a png at all")
+    (folder / "d.jpg").write_bytes(jpeg(3))
+    (folder / "notes.txt").write_text("not an image, not listed")
+    os.symlink("loop.jpg", folder / "loop.jpg")  # a symlink loop
+    (folder / "e.JPEG").mkdir()  # a directory named like an image
+    paths = predict.list_images(str(folder))
+    results = predict.predict(_tiny_model, paths, 16, 2, 2)
+    by_name = {os.path.basename(r["file"]): r for r in results}
+    assert sorted(by_name) == ["a.jpg", "b_truncated.jpg", "c.png", "d.jpg", "e.JPEG", "loop.jpg"]
+    assert {name for name, r in by_name.items() if "top5" in r} == {"a.jpg", "d.jpg"}
+    for name in ("b_truncated.jpg", "c.png", "e.JPEG", "loop.jpg"):
+        assert by_name[name]["error"].startswith("cannot ")
+        assert "\n" not in by_name[name]["error"]
+    predict.print_predictions(results)
+    assert "warning: 4 of 6 image(s) could not be read" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"none of the 2 image\(s\) could be predicted"):
+        predict.predict(_tiny_model, [str(folder / "c.png"), str(folder / "loop.jpg")], 16, 2, 2)
+
+
+def test_predict_refuses_a_huge_image_without_decoding_it(tmp_path, monkeypatch):
+    from runtime import predict
+
+    monkeypatch.setattr(predict, "MAX_PIXELS", 24 * 32 - 1)
+    (tmp_path / "big.jpg").write_bytes(jpeg(1))
+    (tmp_path / "ok.png").write_bytes(tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy())
+    results = predict.predict(
+        _tiny_model, [str(tmp_path / "big.jpg"), str(tmp_path / "ok.png")], 16, 4, 2
+    )
+    assert "32x24 pixels is too large" in results[0]["error"] and "top5" in results[1]
 
 
 # ---------------------------------------------------------------------------------------
