@@ -275,3 +275,28 @@ def test_data_dir_that_is_a_file_says_so(tmp_path):
     (tmp_path / "train-00000-of-00001").write_bytes(b"")
     with pytest.raises(UserError, match=r"is a file, not a directory"):
         data_utils.list_files(str(tmp_path / "train-00000-of-00001"), "train")
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: a hostile training set trains to the end and says what it skipped
+
+
+def test_training_on_mislabelled_and_corrupted_records_finishes_and_says_so(tmp_path):
+    from tests.support import run_main
+
+    data = make_split(tmp_path / "data", "train", [[1 + i % 10 for i in range(40)]] * 2)
+    labels = [1 + i % 10 for i in range(40)]
+    labels[20], labels[30] = 0, 11  # past the probe's first records
+    write_records(os.path.join(data, "train-00000-of-00002"), map(example, labels))
+    corrupt_payload(os.path.join(data, "train-00001-of-00002"), 35)
+    proc = run_main(
+        "--arch", "resnet50", "--mode", "train", "--data_dir", data, "--batch_size", "8",
+        "--num_iter", "12", "--iter_unit", "batch", "--weight_init", "fan_in",
+        "--image_size", "32", "--num_classes", "10", "--seed", "1",
+        "--results_dir", tmp_path / "results",
+    )  # fmt: skip
+    assert tf.train.latest_checkpoint(str(tmp_path / "results")).endswith("ckpt-12")
+    assert "Traceback" not in proc.stderr
+    assert "label 0 outside 1..10" in proc.stderr and "label 11 outside 1..10" in proc.stderr
+    assert "train-00001-of-00002: cannot read record 35" in proc.stderr
+    assert "lost the remaining 5 of its 40 records" in proc.stderr
