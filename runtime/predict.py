@@ -23,6 +23,11 @@ PREDICTIONS_FILE = "predictions.json"
 MAX_PIXELS = 1 << 28  # a bigger image (about 800 MB decoded) is refused, not decoded
 
 
+def shown(path: str) -> str:
+    """`path` as text that prints and serialises anywhere (undecodable bytes as U+FFFD)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def list_images(path: str) -> list:
     """The image file `path`, or the image files (by suffix) in the directory `path`.
 
@@ -60,10 +65,10 @@ def load_image(path: str, image_size: int):
                 raise ValueError(f"{width}x{height} pixels is too large")
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.OpError as error:
-        raise UserError(f"cannot decode image {path}: {tf_error_message(error)}") from None
+        raise UserError(f"cannot decode image {shown(path)}: {tf_error_message(error)}") from None
     except (OSError, ValueError) as error:
         reason = getattr(error, "strerror", None) or str(error)
-        raise UserError(f"cannot read image {path}: {reason}") from None
+        raise UserError(f"cannot read image {shown(path)}: {reason}") from None
     return resize_and_central_crop(image, image_size)
 
 
@@ -96,7 +101,7 @@ def predict(model, paths: list, image_size: int, batch_size: int, num_classes: i
         for (path, _), probs in zip(batch, probabilities):
             top = np.argsort(-probs)[:5]
             results[path] = {
-                "file": path,
+                "file": shown(path),
                 "top5": [
                     {
                         "class": int(c),
@@ -111,7 +116,7 @@ def predict(model, paths: list, image_size: int, batch_size: int, num_classes: i
         try:
             pending.append((path, load_image(path, image_size)))
         except UserError as error:
-            results[path] = {"file": path, "error": str(error)}
+            results[path] = {"file": shown(path), "error": str(error)}
             failed.append(str(error))
         if len(pending) == batch_size:
             run(pending)

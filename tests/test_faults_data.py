@@ -300,3 +300,111 @@ def test_training_on_mislabelled_and_corrupted_records_finishes_and_says_so(tmp_
     assert "label 0 outside 1..10" in proc.stderr and "label 11 outside 1..10" in proc.stderr
     assert "train-00001-of-00002: cannot read record 35" in proc.stderr
     assert "lost the remaining 5 of its 40 records" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# More probes: names, permissions, caches, empty splits, odd entries
+
+
+def test_non_utf8_names_read_convert_and_predict(tmp_path, capsys):
+    from runtime import predict
+    from tests.test_converter import convert, write_jpeg
+
+    root = os.path.join(os.fsencode(tmp_path), b"d\xff")
+    os.makedirs(os.path.join(root, b"train", b"n\xe9"))
+    write_jpeg(os.fsdecode(os.path.join(root, b"train", b"n\xe9", b"img\xff.jpg")), seed=1)
+    out = os.fsdecode(os.path.join(root, b"out"))
+    convert(["--train_dir", os.fsdecode(os.path.join(root, b"train")), "--output_dir", out,
+             "--train_shards", 1])  # fmt: skip
+    (path,) = data_utils.list_files(out, "train")
+    (record,) = [data_utils.parse_record(r) for r in tf.data.TFRecordDataset(os.fsencode(path))]
+    assert record["filename"].numpy() == b"img\xff.jpg" and record["synset"].numpy() == b"n\xe9"
+    ds = data_utils.train_dataset(out, 1, 8, seed=0, num_classes=1)
+    assert take_labels(ds, 2) == [0, 0]
+    image = os.fsdecode(os.path.join(root, b"train", b"n\xe9", b"img\xff.jpg"))
+    results = predict.predict(_tiny_model, [image], 16, 1, 2)
+    predict.print_predictions(results)
+    assert "img\ufffd.jpg: class" in capsys.readouterr().out
+    predict.write_predictions(results, str(tmp_path / "results"))
+
+
+def test_unlistable_data_dir_is_one_line(tmp_path, monkeypatch):
+    data = make_split(tmp_path / "data", "train", [[1]])
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "listdir", denied)
+    with pytest.raises(UserError, match=r"cannot list it \(Permission denied\)"):
+        data_utils.list_files(data, "train")
+
+
+@pytest.mark.parametrize("cache", ["garbage", "directory", "wrong_type"])
+def test_broken_count_cache_is_recounted(tmp_path, cache):
+    data = make_split(tmp_path / "data", "train", [[1, 2, 3]])
+    path = os.path.join(data, ".record_counts.json")
+    if cache == "directory":
+        os.mkdir(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(b"\xff{not json" if cache == "garbage" else b'{"train-00000-of-00001": 7}')
+    assert data_utils.count_records(data_utils.list_files(data, "train")) == 3
+
+
+def test_split_entry_that_is_a_directory_is_one_line(tmp_path):
+    data = make_split(tmp_path / "data", "train", [[1], [2]])
+    os.unlink(os.path.join(data, "train-00001-of-00002"))
+    os.mkdir(os.path.join(data, "train-00001-of-00002"))
+    with pytest.raises(UserError, match=r"train-00001-of-00002 is not a file"):
+        data_utils.list_files(data, "train")
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_empty_split_is_one_line(tmp_path, split):
+    os.makedirs(tmp_path / "data")
+    write_records(tmp_path / "data" / f"{split}-00000-of-00001", [])
+    data = str(tmp_path / "data")
+    with pytest.raises(UserError, match=r"is empty|hold no records"):
+        if split == "train":
+            data_utils.train_dataset(data, 2, 8)
+        else:
+            data_utils.eval_dataset(data, 2, 8)
+
+
+def test_converter_output_dir_that_is_a_file_is_one_line(tmp_path):
+    from tests.test_converter import convert, make_tree
+
+    train_dir, _ = make_tree(tmp_path, per_class=1)
+    (tmp_path / "out").write_text("")
+    with pytest.raises(UserError, match=r"--output_dir .* is a file, not a directory"):
+        convert(["--train_dir", train_dir, "--output_dir", tmp_path / "out"])
+
+
+def test_converter_skips_and_reports_unreadable_images(tmp_path, capsys):
+    from tests.test_converter import convert, make_tree
+
+    train_dir, _ = make_tree(tmp_path, per_class=2)
+    os.mkdir(os.path.join(train_dir, "n001", "folder.JPEG"))
+    with open(os.path.join(train_dir, "n002", "cut.JPEG"), "wb") as f:
+        f.write(jpeg(5)[:100])
+    summary = convert(["--train_dir", train_dir, "--output_dir", tmp_path / "out",
+                       "--train_shards", 1])  # fmt: skip
+    assert summary["train"]["images"] == 6 and len(summary["train"]["skipped"]) == 2
+    assert "skipped 2 undecodable" in capsys.readouterr().err
+
+
+def test_predict_folder_of_non_images_is_one_line(tmp_path):
+    from runtime import predict
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match=r"no images"):
+        predict.list_images(str(tmp_path))
+
+
+def test_truncated_jpeg_in_a_record_is_a_counted_skip(tmp_path):
+    records = [example(1 + i % 3) for i in range(9)] + [example(2, encoded=jpeg(7)[:300])]
+    os.makedirs(tmp_path / "data")
+    write_records(tmp_path / "data" / "validation-00000-of-00001", records)
+    before = data_utils.skipped_images("validation")
+    assert len(take_labels(data_utils.eval_dataset(str(tmp_path / "data"), 4, 8), 5)) == 9
+    assert data_utils.skipped_images("validation") - before == 1

@@ -240,6 +240,8 @@ def eval_dataset(
     """
     files = list_files(data_dir, "validation")
     counts = record_counts(files)
+    if not sum(counts):
+        raise UserError(f"the validation-* files in {data_dir} hold no records")
     size = shard_size(sum(counts), num_shards, shard_index)
     _probe(files, num_classes)
     # Every process must see the same record order. Records lost to a corrupted file are

@@ -138,7 +138,8 @@ def _counts_in_dir(directory, paths, cache_dir):
             raise UserError(f"{path}: cannot read record file ({e.strerror})") from None
         entry = cached.get(name)
         if (
-            entry
+            isinstance(entry, dict)
+            and isinstance(entry.get("records"), int)
             and entry.get("size") == stat.st_size
             and entry.get("mtime_ns") == stat.st_mtime_ns
         ):

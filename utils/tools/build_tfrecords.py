@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 
 from utils.core.errors import UserError, run_tool
@@ -163,7 +164,7 @@ def convert(
     text_of = _class_texts(synset_names, classes)
     boxes_of = _read_boxes(bounding_boxes) if bounding_boxes else {}
 
-    os.makedirs(output_dir, exist_ok=True)
+    _make_output_dir(output_dir)
     for split in splits:
         _check_output(output_dir, split, overwrite)
     staging = _fresh_dir(os.path.join(output_dir, STAGING))
@@ -374,6 +375,17 @@ def _imagenet_classes_json(name):
 # Writing shards
 
 
+def _make_output_dir(output_dir):
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"--output_dir {output_dir!r} is a file, not a directory")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"--output_dir {output_dir!r}: cannot write there ({e.strerror})") from None
+
+
 def _check_output(output_dir, split, overwrite):
     backup = os.path.join(output_dir, BACKUP)
     if os.path.isdir(backup) and os.listdir(backup):
@@ -468,7 +480,7 @@ def _write_shard(output_dir, name, entries):
     tmp = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
     written, failed = 0, []
     try:
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with tf.io.TFRecordWriter(os.fsencode(tmp)) as writer:
             for path, cls, label, text, boxes in entries:
                 try:
                     encoded, height, width = encode_image(path)
@@ -527,7 +539,8 @@ def jpeg_components(data):
 
 
 def _log(message):
-    print(message, file=sys.stderr, flush=True)
+    shown = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    print(shown, file=sys.stderr, flush=True)  # a non-UTF-8 file name prints as U+FFFD
 
 
 if __name__ == "__main__":
