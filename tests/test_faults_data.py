@@ -408,3 +408,42 @@ def test_truncated_jpeg_in_a_record_is_a_counted_skip(tmp_path):
     before = data_utils.skipped_images("validation")
     assert len(take_labels(data_utils.eval_dataset(str(tmp_path / "data"), 4, 8), 5)) == 9
     assert data_utils.skipped_images("validation") - before == 1
+
+
+def test_corrupted_record_among_the_first_is_one_line_naming_it(tmp_path):
+    data = make_split(tmp_path / "data", "validation", [[1] * 10])
+    path = os.path.join(data, "validation-00000-of-00001")
+    corrupt_payload(path, 3)
+    with pytest.raises(UserError, match=rf"^{path}: cannot read record 3 \(corrupted record"):
+        data_utils.eval_dataset(data, 2, 8)
+
+
+def test_interrupted_swap_leaves_a_backup_that_is_named(tmp_path):
+    from tests.test_converter import convert, make_tree
+    from utils.tools import build_tfrecords
+
+    train_dir, _ = make_tree(tmp_path, per_class=1)
+    out = tmp_path / "out"
+    convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 1])
+    (out / build_tfrecords.STAGING).mkdir()  # a kill -9 while writing: removed next time
+    (out / build_tfrecords.STAGING / "train-00000-of-00009").write_bytes(b"junk")
+    convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 1, "--overwrite"])
+    assert sorted(os.listdir(out)) == ["train-00000-of-00001"]
+    (out / build_tfrecords.BACKUP).mkdir()  # a kill -9 during the swap: never deleted
+    (out / build_tfrecords.BACKUP / "train-00000-of-00003").write_bytes(b"old")
+    with pytest.raises(UserError, match=r"holds the files an interrupted conversion replaced"):
+        convert(["--train_dir", train_dir, "--output_dir", out, "--overwrite"])
+
+
+def test_fault_matrix_names_tests_that_exist():
+    import json
+    import pathlib
+
+    matrix = json.loads(pathlib.Path(__file__).with_name("fault_matrix_data.json").read_text())
+    assert len({entry["id"] for entry in matrix}) == len(matrix)
+    names = set(globals())
+    for entry in matrix:
+        assert set(entry) == {"id", "fault", "command", "expected", "test"}, entry
+        assert entry["expected"] in ("one-line error", "counted skip", "correct"), entry
+        path, name = entry["test"].split("::")
+        assert path == "tests/test_faults_data.py" and name.split("[")[0] in names, entry

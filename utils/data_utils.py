@@ -114,13 +114,14 @@ def _probe(files, num_classes=None):
     fix = "check that the files were written by utils/tools/build_tfrecords.py"
     records = []  # (file, serialized)
     for path in files:
+        read = 0
         try:
-            records += [
-                (path, r) for r in tf.data.TFRecordDataset(os.fsencode(path)).take(PROBE_RECORDS)
-            ]
+            for serialized in tf.data.TFRecordDataset(os.fsencode(path)).take(PROBE_RECORDS):
+                records.append((path, serialized))
+                read += 1
         except tf.errors.OpError as e:
             raise UserError(
-                f"{path}: cannot read TFRecords ({tf_error_message(e)}); {fix}"
+                f"{path}: cannot read record {read} ({tf_error_message(e)}); {fix}"
             ) from None
         if len(records) >= PROBE_RECORDS:
             break
