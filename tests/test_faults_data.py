@@ -420,17 +420,17 @@ def test_corrupted_record_among_the_first_is_one_line_naming_it(tmp_path):
 
 def test_interrupted_swap_leaves_a_backup_that_is_named(tmp_path):
     from tests.test_converter import convert, make_tree
-    from utils.tools import build_tfrecords
+    from utils.tools import shard_output
 
     train_dir, _ = make_tree(tmp_path, per_class=1)
     out = tmp_path / "out"
     convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 1])
-    (out / build_tfrecords.STAGING).mkdir()  # a kill -9 while writing: removed next time
-    (out / build_tfrecords.STAGING / "train-00000-of-00009").write_bytes(b"junk")
+    (out / shard_output.STAGING).mkdir()  # a kill -9 while writing: removed next time
+    (out / shard_output.STAGING / "train-00000-of-00009").write_bytes(b"junk")
     convert(["--train_dir", train_dir, "--output_dir", out, "--train_shards", 1, "--overwrite"])
     assert sorted(os.listdir(out)) == ["train-00000-of-00001"]
-    (out / build_tfrecords.BACKUP).mkdir()  # a kill -9 during the swap: never deleted
-    (out / build_tfrecords.BACKUP / "train-00000-of-00003").write_bytes(b"old")
+    (out / shard_output.BACKUP).mkdir()  # a kill -9 during the swap: never deleted
+    (out / shard_output.BACKUP / "train-00000-of-00003").write_bytes(b"old")
     with pytest.raises(UserError, match=r"holds the files an interrupted conversion replaced"):
         convert(["--train_dir", train_dir, "--output_dir", out, "--overwrite"])
 

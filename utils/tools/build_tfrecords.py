@@ -28,17 +28,15 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 
 from utils.core.errors import UserError, run_tool
 from utils.data import schema
+from utils.tools import shard_output
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp")
 SHUFFLE_SEED = 12345  # build_imagenet_data.py's seed
 REENCODE_QUALITY = 100  # as build_imagenet_data.py for PNG and CMYK files
-STAGING = ".build_tfrecords-staging"  # in --output_dir: the new shards until all are written
-BACKUP = ".build_tfrecords-backup"  # the replaced shards, while the new ones move in
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 VALIDATION_LABELS_HELP = """\
@@ -164,10 +162,10 @@ def convert(
     text_of = _class_texts(synset_names, classes)
     boxes_of = _read_boxes(bounding_boxes) if bounding_boxes else {}
 
-    _make_output_dir(output_dir)
+    shard_output.make_output_dir(output_dir)
     for split in splits:
-        _check_output(output_dir, split, overwrite)
-    staging = _fresh_dir(os.path.join(output_dir, STAGING))
+        shard_output.check_output(output_dir, split, overwrite)
+    staging = shard_output.fresh_dir(os.path.join(output_dir, shard_output.STAGING))
     summary = {}
     try:
         for split, (images, num_shards) in splits.items():
@@ -185,7 +183,8 @@ def convert(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # the old set is untouched
         raise
-    _swap_in(output_dir, staging, list(splits))
+    shard_output.swap_in(output_dir, staging, list(splits))
+    _log(f"moved the new {'/'.join(splits)} files into {output_dir}")
     return summary
 
 
@@ -373,68 +372,6 @@ def _imagenet_classes_json(name):
 
 # ---------------------------------------------------------------------------------------
 # Writing shards
-
-
-def _make_output_dir(output_dir):
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UserError(f"--output_dir {output_dir!r} is a file, not a directory")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as e:
-        raise UserError(f"--output_dir {output_dir!r}: cannot write there ({e.strerror})") from None
-
-
-def _check_output(output_dir, split, overwrite):
-    backup = os.path.join(output_dir, BACKUP)
-    if os.path.isdir(backup) and os.listdir(backup):
-        raise UserError(
-            f"{backup!r} holds the files an interrupted conversion replaced; move them back "
-            "into --output_dir (or delete that folder) and run again"
-        )
-    for name in os.listdir(output_dir):
-        if name.startswith(f".{split}-") and ".tmp" in name:
-            os.unlink(os.path.join(output_dir, name))  # left by an older interrupted run
-        elif name.startswith(f"{split}-") and not overwrite:
-            raise UserError(
-                f"--output_dir {output_dir!r} already has {split}-* files; "
-                "pass --overwrite to replace them"
-            )
-
-
-def _fresh_dir(path):
-    """An empty directory at `path` (what an interrupted run left there is removed)."""
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
-    return path
-
-
-def _swap_in(output_dir, staging, splits):
-    """Replace the old `splits` files of `output_dir` by the complete new set in `staging`.
-
-    The old files move into a backup folder first and are deleted only once every new
-    file is in place; if the swap fails, the error says where the old files are."""
-    backup = _fresh_dir(os.path.join(output_dir, BACKUP))
-    old = [
-        name
-        for name in os.listdir(output_dir)
-        if schema.is_split_file(name) and any(schema.is_split_file(name, split) for split in splits)
-    ]
-    try:
-        for name in old:
-            os.replace(os.path.join(output_dir, name), os.path.join(backup, name))
-        for name in sorted(os.listdir(staging)):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    except BaseException as e:
-        message = getattr(e, "strerror", None) or type(e).__name__
-        raise UserError(
-            f"replacing the {'/'.join(splits)} files of {output_dir!r} failed ({message}); "
-            f"the previous files are in {backup!r}"
-        ) from None
-    shutil.rmtree(backup, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    _log(f"moved the new {'/'.join(splits)} files into {output_dir}")
 
 
 def _write_split(output_dir, split, entries, num_shards, num_workers):
