@@ -121,11 +121,12 @@ def inference_dataset(args):
 def check_validation_data(args) -> int:
     """Before training in train_and_evaluate: the `validation-*` files are all there (the
     whole `-of-NNNNN` set), each ends on a record boundary and its first record reads
-    (payload checksum included), so a broken validation set fails now, in one line, and
-    not after all of training. Returns the number of validation images (0: no data_dir).
+    (payload checksum included), and the first records decode with labels within
+    1..num_classes, so a broken validation set fails now, in one line, not after training.
+    Returns the number of validation images (0: no data_dir).
 
     Args:
-      args: the parsed command line (data_dir).
+      args: the parsed command line (data_dir, num_classes).
     """
     if not args.data_dir:
         return 0
@@ -144,4 +145,5 @@ def check_validation_data(args) -> int:
                 f"{path}: cannot read its first record ({tf_error_message(e)}); re-create "
                 "the validation files (utils/tools/build_tfrecords.py)"
             ) from None
+    data_utils.probe_records(files, args.num_classes)  # images decode, labels fit the model
     return sum(counts)

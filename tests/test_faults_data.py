@@ -166,7 +166,7 @@ def test_mixed_shard_sets_are_one_line(tmp_path):
 def _args(data_dir):
     import argparse
 
-    return argparse.Namespace(data_dir=str(data_dir), dali=False)
+    return argparse.Namespace(data_dir=str(data_dir), dali=False, num_classes=10)
 
 
 @pytest.mark.parametrize(
@@ -177,6 +177,7 @@ def _args(data_dir):
         ("first_record", r"validation-00002-of-00003: cannot read its first record"),
         ("empty", r"the validation-\* files in .* hold no records"),
         ("absent", r"has no validation-\* files"),
+        ("label", r"validation-00000-of-00003: record label 12 is outside 1..10"),
     ],
 )
 def test_validation_files_are_checked_before_training(tmp_path, damage, message):
@@ -190,6 +191,8 @@ def test_validation_files_are_checked_before_training(tmp_path, damage, message)
         os.unlink(os.path.join(data, "validation-00001-of-00003"))
     elif damage == "truncate":
         os.truncate(last, os.path.getsize(last) - 7)
+    elif damage == "label":
+        write_records(os.path.join(data, "validation-00000-of-00003"), map(example, [1, 12]))
     elif damage == "first_record":
         corrupt_payload(last, 0)
     elif damage in ("empty", "absent"):
@@ -447,3 +450,19 @@ def test_fault_matrix_names_tests_that_exist():
         assert entry["expected"] in ("one-line error", "counted skip", "correct"), entry
         path, name = entry["test"].split("::")
         assert path == "tests/test_faults_data.py" and name.split("[")[0] in names, entry
+
+
+@pytest.mark.parametrize("case", ["broken_link", "link_loop", "shard_beyond_the_set"])
+def test_odd_data_dir_entries_are_one_line(tmp_path, case):
+    data = make_split(tmp_path / "data", "train", [[1], [2]])
+    if case == "broken_link":
+        os.symlink(tmp_path / "nowhere", tmp_path / "link")
+        data, message = str(tmp_path / "link"), r"is a symbolic link to nothing"
+    elif case == "link_loop":
+        os.symlink(tmp_path / "loop", tmp_path / "loop")
+        data, message = str(tmp_path / "loop"), r"is a symbolic link to nothing"
+    else:
+        write_records(os.path.join(data, "train-00002-of-00002"), [example(3)])
+        message = r"has train-00002-of-00002: shard 2 of a set of 2 \(numbered 0..1\)"
+    with pytest.raises(UserError, match=message):
+        data_utils.list_files(data, "train")

@@ -108,9 +108,13 @@ def _parse(serialized, features):
     return record
 
 
-def _probe(files, num_classes=None):
+def probe_records(files: list, num_classes: int = None) -> None:
     """Decode the first few records eagerly, so wrong data fails now with a clear message
-    instead of every image being skipped in the pipeline."""
+    instead of every image being skipped in the pipeline.
+
+    Args:
+      files: TFRecord paths. num_classes: labels must be within 1..num_classes.
+    """
     fix = "check that the files were written by utils/tools/build_tfrecords.py"
     records = []  # (file, serialized)
     for path in files:
@@ -179,7 +183,7 @@ def train_dataset(
 
     by_file = len(files) >= num_shards
     my_files = shard_files(files, num_shards, shard_index) if by_file else files
-    _probe(my_files, num_classes)
+    probe_records(my_files, num_classes)
     counts = record_counts(my_files)
     epoch_size = sum(counts) if by_file else shard_size(sum(counts), num_shards, shard_index)
     if epoch_size < 1:
@@ -244,7 +248,7 @@ def eval_dataset(
     if not sum(counts):
         raise UserError(f"the validation-* files in {data_dir} hold no records")
     size = shard_size(sum(counts), num_shards, shard_index)
-    _probe(files, num_classes)
+    probe_records(files, num_classes)
     # Every process must see the same record order. Records lost to a corrupted file are
     # counted by the gap they leave at the end of the shard, not again by the reader.
     records = read_files(files, counts, "validation", count_as_skipped=False)

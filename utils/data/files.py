@@ -32,6 +32,11 @@ def list_files(data_dir: str, split: str) -> list:
     expected = (
         f"TFRecord files named {split}-00000-of-NNNNN (utils/tools/build_tfrecords.py writes them)"
     )
+    if data_dir and os.path.islink(data_dir) and not os.path.exists(data_dir):
+        raise UserError(
+            f"--data_dir {data_dir!r} is a symbolic link to nothing (broken or a loop); "
+            f"it must be a directory holding {expected}"
+        )
     if not data_dir or not os.path.exists(data_dir):
         raise UserError(
             f"data directory {data_dir!r} does not exist; --data_dir must hold {expected}"
@@ -78,6 +83,12 @@ def _check_shard_set(data_dir, split, names):
             "conversion leaves them; re-run utils/tools/build_tfrecords.py --overwrite"
         )
     for total, present in totals.items():
+        beyond = sorted(i for i in present if i >= total)
+        if beyond:
+            raise UserError(
+                f"data directory {data_dir!r} has {split}-{beyond[0]:05d}-of-{total:05d}: "
+                f"shard {beyond[0]} of a set of {total} (numbered 0..{total - 1})"
+            )
         missing = [schema.shard_name(split, i, total) for i in range(total) if i not in present]
         if missing:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
