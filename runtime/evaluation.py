@@ -30,11 +30,14 @@ def latency_stats(batch_times, batch_size):
 
 
 def _top_k_correct(logits, labels):
+    """(top-1 hits, top-5 hits, scored images); a label the model has no output for
+    (below 0 or not below the number of logits) is not scored."""
     top5 = tf.math.top_k(logits, k=min(5, logits.shape[-1])).indices
-    hits = tf.equal(top5, tf.cast(labels[:, None], top5.dtype))
+    valid = (labels >= 0) & (labels < logits.shape[-1])
+    hits = tf.equal(top5, tf.cast(labels[:, None], top5.dtype)) & valid[:, None]
     top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.int64))
     top5 = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.int64))
-    return top1, top5
+    return top1, top5, tf.reduce_sum(tf.cast(valid, tf.int64))
 
 
 def _steady_batches(batch_sizes):
@@ -54,7 +57,7 @@ def evaluate(model, dataset, dist, xla, total_images=None):
     slowest rank's timed seconds. Latency figures are rank 0's.
     """
     predict = make_predict_fn(model, xla)
-    counts = np.zeros(3, np.int64)  # top-1 hits, top-5 hits, images
+    counts = np.zeros(4, np.int64)  # top-1 hits, top-5 hits, scored images, unscored
     batch_times, batch_sizes = [], []
     progress = Progress(
         total_images or 0, 1, label="eval", enabled=bool(total_images) and dist.is_chief
@@ -63,8 +66,9 @@ def evaluate(model, dataset, dist, xla, total_images=None):
     try:
         for images, labels in dataset:
             t0 = time.perf_counter()
-            top1, top5 = _top_k_correct(predict(images), labels)
-            counts += [int(top1), int(top5), int(labels.shape[0])]
+            top1, top5, scored = _top_k_correct(predict(images), labels)
+            scored = int(scored)
+            counts += [int(top1), int(top5), scored, int(labels.shape[0]) - scored]
             batch_times.append(time.perf_counter() - t0)
             batch_sizes.append(int(labels.shape[0]))
             progress.update(int(counts[2]) * dist.size)
@@ -72,7 +76,7 @@ def evaluate(model, dataset, dist, xla, total_images=None):
         error = caught
     progress.close()
     dist.check(error)
-    top1, top5, images = (int(c) for c in np.asarray(dist.sum(counts)))
+    top1, top5, images, unscored = (int(c) for c in np.asarray(dist.sum(counts)))
     timed = _steady_batches(batch_sizes)
     timed_times = [batch_times[i] for i in timed]
     seconds, timed_images = dist.gather(
@@ -83,6 +87,14 @@ def evaluate(model, dataset, dist, xla, total_images=None):
         "top5_accuracy": top5 / images if images else float("nan"),
         "eval_images": images,
     }
+    if unscored:
+        result["eval_unscored_labels"] = unscored
+        if dist.is_chief:
+            print(
+                f"warning: {unscored} validation image(s) not scored: their label is outside "
+                "the model's classes (check --num_classes against the records)",
+                flush=True,
+            )
     if seconds.max() > 0:
         result["eval_throughput"] = float(timed_images.sum()) / float(seconds.max())
     if timed_times:

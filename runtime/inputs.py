@@ -6,12 +6,13 @@ between the input pipeline and the training step: mixup draws from a Gamma distr
 which XLA cannot compile, and a DALI dataset on a GPU cannot be followed by tf.data maps.
 """
 
+import os
 from dataclasses import dataclass
 
 import tensorflow as tf
 
 from utils import data_utils
-from utils.core.errors import UserError
+from utils.core.errors import UserError, tf_error_message
 from utils.losses import mixup, smoothed_one_hot
 
 
@@ -115,3 +116,34 @@ def inference_dataset(args):
     return data_utils.synthetic_dataset(
         args.batch_size, args.synthetic_data_size, args.num_classes, seed=args.seed
     )
+
+
+def check_validation_data(args) -> int:
+    """Before training in train_and_evaluate: the `validation-*` files are all there (the
+    whole `-of-NNNNN` set), each ends on a record boundary and its first record reads
+    (payload checksum included), and the first records decode with labels within
+    1..num_classes, so a broken validation set fails now, in one line, not after training.
+    Returns the number of validation images (0: no data_dir).
+
+    Args:
+      args: the parsed command line (data_dir, num_classes).
+    """
+    if not args.data_dir:
+        return 0
+    files = data_utils.list_files(args.data_dir, "validation")
+    counts = data_utils.record_counts(files)  # walks every record header
+    if not sum(counts):
+        raise UserError(f"the validation-* files in {args.data_dir} hold no records")
+    for path, count in zip(files, counts):
+        if not count:
+            continue
+        try:
+            for _ in tf.data.TFRecordDataset(os.fsencode(path)).take(1):
+                pass
+        except tf.errors.OpError as e:
+            raise UserError(
+                f"{path}: cannot read its first record ({tf_error_message(e)}); re-create "
+                "the validation files (utils/tools/build_tfrecords.py)"
+            ) from None
+    data_utils.probe_records(files, args.num_classes)  # images decode, labels fit the model
+    return sum(counts)

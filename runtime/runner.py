@@ -174,6 +174,7 @@ def mode_train(args, config, dist, logger, seed):
 
 
 def mode_train_and_evaluate(args, config, dist, logger, seed):
+    inputs.check_validation_data(args)  # a broken validation set fails now, not after training
     model, result = _train(args, config, dist, logger, seed)
     if result["stopped"]:
         return

@@ -2,29 +2,37 @@
 
 `train_dataset` (sharded, shuffled, augmented, repeated; reproducible with a seed),
 `eval_dataset` (every validation image of a shard once) and `synthetic_dataset`; labels
-come out 0-based. Undecodable images are skipped and counted (`skipped_images`), and
-record counts are cached beside the data (`count_records`). Details: docs/design.md,
-"Data pipeline".
+come out 0-based. Undecodable images, labels outside 1..num_classes and records lost to a
+corrupted byte are skipped, counted (`skipped_images`) and named in a warning, never
+trained on or scored. Details: docs/design.md, "Data pipeline".
 """
 
-import functools
 import logging
+import os
 import random
-import threading
 
 import tensorflow as tf
 
 from utils import image_processing
 from utils.core.errors import UserError, tf_error_message
 from utils.data import schema
-from utils.data.files import check_shard, count_records, list_files, shard_files, shard_size
+from utils.data.files import (
+    check_shard,
+    count_records,
+    list_files,
+    record_counts,
+    shard_files,
+    shard_size,
+)
+from utils.data.reader import decode_counting_skips, lost_records, read_files, skipped_images
+
+__all__ = ["count_records", "list_files", "lost_records", "record_counts", "skipped_images"]
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLITS = schema.SPLITS
 TRAIN_SHUFFLE_BUFFER = 10_000  # records; about 1.1 GB of ImageNet JPEGs per process
-INTERLEAVE_CYCLE = 10
 PROBE_RECORDS = 8
 
 _TRAIN_FEATURES = {
@@ -78,17 +86,24 @@ def _parse(serialized, features):
     return record
 
 
-def _probe(files, num_classes=None):
+def probe_records(files: list, num_classes: int = None) -> None:
     """Decode the first few records eagerly, so wrong data fails now with a clear message
-    instead of every image being skipped in the pipeline."""
+    instead of every image being skipped in the pipeline.
+
+    Args:
+      files: TFRecord paths. num_classes: labels must be within 1..num_classes.
+    """
     fix = "check that the files were written by utils/tools/build_tfrecords.py"
     records = []  # (file, serialized)
     for path in files:
+        read = 0
         try:
-            records += [(path, r) for r in tf.data.TFRecordDataset(path).take(PROBE_RECORDS)]
+            for serialized in tf.data.TFRecordDataset(os.fsencode(path)).take(PROBE_RECORDS):
+                records.append((path, serialized))
+                read += 1
         except tf.errors.OpError as e:
             raise UserError(
-                f"{path}: cannot read TFRecords ({tf_error_message(e)}); {fix}"
+                f"{path}: cannot read record {read} ({tf_error_message(e)}); {fix}"
             ) from None
         if len(records) >= PROBE_RECORDS:
             break
@@ -114,72 +129,6 @@ def _probe(files, num_classes=None):
             f"{path}: none of the first {len(errors)} records holds a decodable JPEG image "
             f"({message}); {fix}"
         )
-
-
-# ---------------------------------------------------------------------------------------
-# Skipped images
-
-_skipped = {split: 0 for split in SPLITS}
-_skipped_lock = threading.Lock()
-
-
-def skipped_images(split=None):
-    """Images skipped as undecodable so far in this process, for `split` or all splits."""
-    with _skipped_lock:
-        return sum(_skipped.values()) if split is None else _skipped[split]
-
-
-def _note_skipped(split, count):
-    count = int(count)
-    with _skipped_lock:
-        _skipped[split] += count
-        total = _skipped[split]
-    logger.warning("skipped %d undecodable %s image(s); %d so far", count, split, total)
-    return count
-
-
-def _decode_counting_skips(
-    records, preprocess, split, end_index=None, num_classes=None, first_index=0
-):
-    """Map `preprocess` over (index, serialized) pairs, skipping elements that fail.
-
-    The map keeps order, so a skipped element shows up as a gap in the indices that pass;
-    the gaps are counted into `skipped_images`. For a finite stream, `end_index` (its
-    length) closes the last gap with a sentinel element that is dropped afterwards.
-    """
-    ds = records.map(
-        lambda index, serialized: (index, *preprocess(index, serialized)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.ignore_errors(log_warning=True)
-    if end_index is not None:
-        image_spec, label_spec = ds.element_spec[1:]
-        sentinel = (
-            tf.constant(end_index, tf.int64),
-            tf.zeros(image_spec.shape, image_spec.dtype),
-            tf.zeros(label_spec.shape, label_spec.dtype),
-        )
-        ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
-    note = functools.partial(_note_skipped, split)
-
-    def count_gaps(previous_index, element):
-        index, image, label = element
-        gap = index - previous_index - 1
-        noted = tf.cond(gap > 0, lambda: tf.py_function(note, [gap], tf.int64), lambda: gap)
-        checks = [noted]
-        if num_classes is not None:
-            checks.append(
-                tf.debugging.assert_less(label, num_classes, message="label >= num_classes")
-            )
-            checks.append(tf.debugging.assert_non_negative(label, message="label < 1 in a record"))
-        with tf.control_dependencies(checks):
-            return tf.identity(index), element
-
-    ds = ds.scan(tf.constant(first_index - 1, tf.int64), count_gaps)
-    if end_index is not None:
-        ds = ds.filter(lambda index, image, label: index < end_index)
-    return ds.map(lambda index, image, label: (image, label))
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,11 +161,9 @@ def train_dataset(
 
     by_file = len(files) >= num_shards
     my_files = shard_files(files, num_shards, shard_index) if by_file else files
-    _probe(my_files, num_classes)
-    if by_file:
-        epoch_size = count_records(my_files)
-    else:
-        epoch_size = shard_size(count_records(files), num_shards, shard_index)
+    probe_records(my_files, num_classes)
+    counts = record_counts(my_files)
+    epoch_size = sum(counts) if by_file else shard_size(sum(counts), num_shards, shard_index)
     if epoch_size < 1:
         raise UserError(f"training shard {shard_index} of {num_shards} in {data_dir} is empty")
 
@@ -227,17 +174,12 @@ def train_dataset(
         tf.random.set_seed(1)
         epoch_seed = tf.cast(epoch, tf.int64) * 1_000_003 + seed
         if by_file:
-            records = tf.data.Dataset.from_tensor_slices(my_files).shuffle(
-                len(my_files), seed=epoch_seed
-            )
-            records = records.interleave(
-                tf.data.TFRecordDataset,
-                cycle_length=min(len(my_files), INTERLEAVE_CYCLE),
-                num_parallel_calls=AUTOTUNE,
-                deterministic=deterministic,
+            records = read_files(
+                my_files, counts, "train", deterministic=deterministic, shuffle=epoch_seed
             )
         else:  # fewer files than processes: every process reads all files, keeps its records
-            records = tf.data.TFRecordDataset(files).shard(num_shards, shard_index)
+            records = read_files(files, counts, "train")
+            records = records.shard(num_shards, shard_index)
         return records.shuffle(TRAIN_SHUFFLE_BUFFER, seed=epoch_seed)
 
     first_record = start_batch * batch_size
@@ -255,37 +197,48 @@ def train_dataset(
         )
         return image, record["label"]
 
-    ds = _decode_counting_skips(
+    ds = decode_counting_skips(
         records, augment, "train", num_classes=num_classes, first_index=first_record
     )
     ds = ds.batch(batch_size, drop_remainder=True)
     return _finish(ds, dtype)
 
 
-def eval_dataset(data_dir, batch_size, image_size, num_shards=1, shard_index=0, dtype=tf.float32):
+def eval_dataset(
+    data_dir,
+    batch_size,
+    image_size,
+    num_shards=1,
+    shard_index=0,
+    dtype=tf.float32,
+    num_classes=None,
+):
     """Finite dataset of this shard's validation images, each exactly once, centrally
     cropped: (images [<=B, S, S, 3] `dtype` 0..255 RGB, labels int32 [<=B] 0-based).
 
     All validation files are read in one fixed interleaved order, the same in every
     process; the i-th record of that stream belongs to shard i % num_shards, so the shard
-    holds `shard_size(count_records(files), num_shards, shard_index)` images.
+    holds `shard_size(count_records(files), num_shards, shard_index)` images. With
+    `num_classes`, records labelled outside 1..num_classes are skipped and counted.
     """
     files = list_files(data_dir, "validation")
-    size = shard_size(count_records(files), num_shards, shard_index)
-    _probe(files)
-    records = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), INTERLEAVE_CYCLE),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,  # every process must see the same record order
-    )
+    counts = record_counts(files)
+    if not sum(counts):
+        raise UserError(f"the validation-* files in {data_dir} hold no records")
+    size = shard_size(sum(counts), num_shards, shard_index)
+    probe_records(files, num_classes)
+    # Every process must see the same record order. Records lost to a corrupted file are
+    # counted by the gap they leave at the end of the shard, not again by the reader.
+    records = read_files(files, counts, "validation", count_as_skipped=False)
     records = records.shard(num_shards, shard_index).enumerate()
 
     def preprocess(index, serialized):
         record = _parse(serialized, _EVAL_FEATURES)
         return image_processing.preprocess_for_eval(record["encoded"], image_size), record["label"]
 
-    ds = _decode_counting_skips(records, preprocess, "validation", end_index=size)
+    ds = decode_counting_skips(
+        records, preprocess, "validation", end_index=size, num_classes=num_classes
+    )
     return _finish(ds.batch(batch_size, drop_remainder=False), dtype)
 
 

