@@ -224,8 +224,9 @@ def mode_predict(args, config, dist, logger, seed):
     results = predict(model, paths, args.image_size, args.batch_size, args.num_classes)
     print_predictions(results)
     path = write_predictions(results, args.results_dir)
-    print(f"wrote {len(results)} predictions to {path}", flush=True)
-    logger.log((), {"predicted_images": len(results)})
+    predicted = sum("top5" in r for r in results)  # unreadable images have an error entry
+    print(f"wrote {predicted} predictions ({len(results) - predicted} unreadable) to {path}")
+    logger.log((), {"predicted_images": predicted, "unreadable_images": len(results) - predicted})
 
 
 RUNNERS = {
