@@ -85,6 +85,7 @@ def test_model_config_round_trip_and_legacy_sidecar():
         "quantize": True,
         "symmetric": False,
         "use_qdq": False,
+        "padding": "tf",
     }
     assert config.describe() == "--arch resnext101-32x4d --num_classes 1000 --quantize"
     legacy = config.with_saved({"arch": "resnext101-32x4d", "num_classes": 10})
