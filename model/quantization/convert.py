@@ -5,15 +5,9 @@
 """
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
 from model.layers.grouped_conv import GroupedConv2D
-from model.quantization.quantizers import (
-    EMA_DECAY,
-    ActivationQuantizer,
-    ConvDenseQuantizeConfig,
-    WeightQuantizer,
-)
+from model.quantization.quantizers import EMA_DECAY, ConvDenseQuantizeConfig
 from model.quantization.wrapper import QATWrapper, StepRef
 from model.weights import copy_float_weights
 from utils.core import tf_compat
@@ -42,19 +36,6 @@ def set_quant_step(model, step):
     if not is_quantized(model):
         return None
     return model.quant_step.assign(tf.cast(step, tf.int64))
-
-
-def qat_scope():
-    """Custom-object scope to deserialize a QAT model's config (TFMOT's `quantize_scope`)."""
-    return tfmot.quantization.keras.quantize_scope(
-        {
-            "QATWrapper": QATWrapper,
-            "ConvDenseQuantizeConfig": ConvDenseQuantizeConfig,
-            "WeightQuantizer": WeightQuantizer,
-            "ActivationQuantizer": ActivationQuantizer,
-            "GroupedConv2D": GroupedConv2D,
-        }
-    )
 
 
 def _clone_layer(layer):
@@ -107,16 +88,5 @@ def quantize_model(
     if not qat_layers(qat):
         raise ValueError(f"model {model.name} has no Conv2D, GroupedConv2D or Dense layer")
     qat.quant_step = step.variable  # tracked: in model.variables and in checkpoints
-    # Not a tracked attribute (Keras would wrap the dict into the checkpointed state).
-    object.__setattr__(
-        qat,
-        "quant_config",
-        {
-            "symmetric": bool(symmetric),
-            "use_qdq": bool(use_qdq),
-            "quant_delay": int(quant_delay),
-            "ema_decay": float(ema_decay),
-        },
-    )
     copy_float_weights(model, qat)
     return qat
