@@ -49,8 +49,8 @@ class QATWrapper(tfmot_compat.QuantizeWrapper):
     """
 
     def __init__(self, layer, quantize_config, step=None, quant_delay=0, **kwargs):
-        kwargs.setdefault("name", layer.name)
-        kwargs["dtype"] = "float32"
+        kwargs.setdefault("name", layer.name)  # get_layer and copies by name work on QAT models
+        kwargs["dtype"] = "float32"  # quantize in float32; the wrapped layer keeps its policy
         kwargs.pop("name_prefix", None)
         super().__init__(layer, quantize_config, name_prefix="", **kwargs)
         self._step = step
@@ -111,7 +111,7 @@ class QATWrapper(tfmot_compat.QuantizeWrapper):
             value = getattr(self.layer, name, None)
             if isinstance(value, tf.Variable):
                 values[name] = tf.cast(value.value(), dtype)
-        with _swapped(self.layer, values):
+        with _swapped(self.layer, values):  # the layer's own call, with the quantized kernel
             return self.layer.call(tf.cast(x, dtype))
 
     @tf.autograph.experimental.do_not_convert
