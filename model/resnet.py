@@ -5,6 +5,8 @@ exported models), normalises them itself and, for `data_format="NCHW"`, transpos
 after normalising. Logits are float32 whatever the mixed-precision policy.
 """
 
+from typing import Optional
+
 import tensorflow as tf
 
 from model.blocks import LayerFactory, bottleneck, conv_bn
@@ -55,22 +57,32 @@ def _head(x, f, num_classes, use_final_conv):
 
 
 def build_model(
-    arch="resnext101-32x4d",
-    num_classes=1000,
-    data_format="NHWC",
-    weight_init="fan_out",
-    use_final_conv=False,
-    normalize_input=True,
-    image_size=None,
-    padding="tf",
-):
+    arch: str = "resnext101-32x4d",
+    num_classes: int = 1000,
+    data_format: str = "NHWC",
+    weight_init: str = "fan_out",
+    use_final_conv: bool = False,
+    normalize_input: bool = True,
+    image_size: Optional[int] = None,
+    padding: str = "tf",
+) -> keras.Model:
     """Build `arch` as a Keras model mapping [N, H, W, 3] pixels to [N, num_classes] logits.
 
-    `normalize_input=False` is for pipelines that already normalise (DALI).
-    `image_size` fixes H and W in the input signature; None accepts any size.
-    `padding`: "tf" ('SAME', the original's) or "symmetric" (PyTorch's, for imported
-    PyTorch weights); see `model.blocks.LayerFactory`. Both have the same variables.
     The current `keras.mixed_precision` global policy sets the compute dtype.
+
+    Args:
+        arch: a key of `model.config.ARCHITECTURES`.
+        num_classes: the classifier's outputs.
+        data_format: "NHWC" or "NCHW", the layout inside the network (the input is NHWC).
+        weight_init: "fan_out" or "fan_in", the variance-scaling mode of the kernels.
+        use_final_conv: a 1x1 conv classifier head instead of a dense one.
+        normalize_input: False for pipelines that already normalise (DALI).
+        image_size: fixes H and W in the input signature; None accepts any size.
+        padding: "tf" ('SAME', the original's) or "symmetric" (PyTorch's, for imported
+            PyTorch weights); both have the same variables.
+
+    Raises:
+        ValueError: an unknown `arch` or `data_format`.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")

@@ -15,8 +15,8 @@ import os
 
 import tensorflow as tf
 
-from model import quantization
 from model.config import ModelConfig
+from model.weights import copy_float_weights
 from utils.core import fileio
 from utils.core.errors import UserError, tf_error_message
 
@@ -188,7 +188,7 @@ def load_finetune_weights(model, path, config, build_fn, log=print):
     if source_config.num_classes != config.num_classes:
         skipped = [layer.name for layer in model.layers if layer.name in HEAD_LAYERS]
     try:
-        quantization.copy_float_weights(source, model, skip=skipped)
+        copy_float_weights(source, model, skip=skipped)
     except ValueError as error:
         raise UserError(f"--finetune_checkpoint {path}: {error}") from None
     if skipped:

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from model.layers import grouped_conv as gc
 from model.layers.grouped_conv import GroupedConv2D, grouped_conv2d
+from utils.core import tf_compat
 from utils.core.tf_compat import keras
 
 NATIVE_GRADS = gc.native_grads_supported("float32")
@@ -188,7 +189,7 @@ def test_cpu_path_is_one_native_op_per_pass(dtype):
 
 def test_xla_compiled_cpu_path_uses_split_and_is_right(monkeypatch):
     """Under jit_compile the "cpu" path avoids XLA's very slow CPU grouped conv."""
-    assert gc._in_xla_context() is False
+    assert tf_compat.in_xla_context() is False
     seen = []
     monkeypatch.setattr(gc, "split_grouped_conv2d", _counting(gc.split_grouped_conv2d))
     x, kernel, dy = make_problem(5, 8, 16, 4, 3, 2, batch=1)
@@ -196,7 +197,7 @@ def test_xla_compiled_cpu_path_uses_split_and_is_right(monkeypatch):
 
     @tf.function(jit_compile=True)
     def compiled(x, kernel, dy):
-        seen.append(gc._in_xla_context())
+        seen.append(tf_compat.in_xla_context())
         conv = lambda a, b: grouped_conv2d(a, b, 4, 2, implementation="cpu")  # noqa: E731
         return forward_and_grads(conv, x, kernel, dy)
 

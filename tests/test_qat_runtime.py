@@ -12,6 +12,7 @@ import tensorflow as tf
 import main
 from model import ModelConfig, build, build_model
 from model import quantization as qat
+from model.weights import copy_float_weights
 from runtime import checkpoints
 from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types, run_main
 from tests.support import logged_values as logged
@@ -108,7 +109,7 @@ def test_qat_fine_tuned_from_float_keeps_the_float_accuracy(sample_data, float_r
     # Quantization alone costs little: the same weights and BN statistics run unquantized.
     model = restored_qat_model(qat_dir)
     float_copy = build_model("resnet50", num_classes=10)
-    qat.copy_float_weights(model, float_copy)
+    copy_float_weights(model, float_copy)
     dataset = data_utils.eval_dataset(sample_data, 50, 32)
     labels = np.concatenate([batch_labels.numpy() for _, batch_labels in dataset])
     logits = {}

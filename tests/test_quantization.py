@@ -9,6 +9,8 @@ from model import build_model
 from model import quantization as qat
 from model.blocks import LayerFactory, squeeze_excitation
 from model.layers.grouped_conv import GroupedConv2D
+from model.quantization import tfmot_compat
+from model.weights import copy_float_weights
 from runtime.export import export_saved_model
 from tests.support import FAKE_QUANT_OPS, QDQ_OPS, reachable_op_types
 from utils import data_utils
@@ -137,7 +139,7 @@ def test_before_the_delay_the_outputs_equal_the_copied_float_model(float_model, 
     source = keras.models.clone_model(float_model)  # freshly initialised weights
     x = images(1)
     assert not np.allclose(source(x, training=True), model(x, training=True))
-    copied = qat.copy_float_weights(source, model)
+    copied = copy_float_weights(source, model)
     assert len(copied) == len([layer for layer in model.layers if layer.weights])
     for _ in range(2):  # training mode: BN batch statistics and range tracking both run
         np.testing.assert_array_equal(model(x, training=True), source(x, training=True))
@@ -273,7 +275,7 @@ def test_resnext_grouped_convs_and_the_final_conv_head_are_quantized(float_model
     with pytest.raises(ValueError, match="already quantized"):
         qat.quantize_model(model)
     with pytest.raises(ValueError, match="models differ"):
-        qat.copy_float_weights(float_model, model)
+        copy_float_weights(float_model, model)
 
 
 def test_squeeze_excitation_dense_layers_are_quantized():
@@ -292,10 +294,16 @@ def test_squeeze_excitation_dense_layers_are_quantized():
         assert float(wrapper.input_range()[1]) > 0
 
 
-def test_input_ranges_are_a_bias_corrected_moving_average_frozen_in_inference():
+def dense_qat():
+    """A QAT model of one Dense layer on 6 inputs, and its wrapper."""
     inputs = keras.Input((6,))
     model = qat.quantize_model(keras.Model(inputs, LayerFactory().dense(3, name="fc")(inputs)))
     (wrapper,) = qat.qat_layers(model)
+    return model, wrapper
+
+
+def test_input_ranges_are_a_bias_corrected_moving_average_frozen_in_inference():
+    model, wrapper = dense_qat()
     assert [float(v) for v in wrapper.input_range()] == [-qat.INIT_RANGE, qat.INIT_RANGE]
     x1 = tf.constant([[-1.0, 0.5, 2.0, 0.0, 0.0, 0.0]])
     x2 = tf.constant([[-3.0, 1.0, 4.0, 0.0, 0.0, 0.0]])
@@ -307,3 +315,19 @@ def test_input_ranges_are_a_bias_corrected_moving_average_frozen_in_inference():
     np.testing.assert_allclose(wrapper.input_range(), want, rtol=1e-5)
     model(10.0 * x2, training=False)  # inference does not move the range
     np.testing.assert_allclose(wrapper.input_range(), want, rtol=1e-5)
+
+
+def test_tfmot_compat_reaches_the_tfmot_internals_it_names():
+    """Each function of tfmot_compat works on the installed TFMOT (its docstring names the
+    version checked)."""
+    wrapper = dense_qat()[1]
+    assert isinstance(wrapper, tfmot_compat.QuantizeWrapper)
+    assert tfmot_compat.weight_name(wrapper, wrapper.layer.kernel) == "kernel"
+    ((name, quantizer, state),) = tfmot_compat.weight_vars(wrapper)
+    assert name == "kernel" and isinstance(quantizer, tfmot_compat.Quantizer) and not state
+    assert isinstance(wrapper.quantize_config, tfmot_compat.QuantizeConfig)
+    # TFMOT's own fields, read by its QuantizeWrapper.call (which QATWrapper replaces).
+    assert list(wrapper._quantize_activations) == [] and list(wrapper._output_quantizers) == []
+    # build_wrapper skipped QuantizeWrapper.build: no optimizer_step variable.
+    assert wrapper.built and wrapper.layer.built
+    assert not any("optimizer_step" in w.name for w in wrapper.weights)

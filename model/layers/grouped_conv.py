@@ -1,43 +1,13 @@
 """A grouped 2-D convolution that trains on CPU and on GPU with one kernel layout.
 
-The kernel is always `[k, k, C_in / groups, C_out]`, the layout `tf.nn.conv2d` takes for
-a grouped convolution, so a checkpoint moves between devices and implementations unchanged.
-Padding is 'SAME' (default) or 'VALID' (after an explicit pad, for PyTorch's symmetric
-padding); there is no bias.
-
-`implementation` (of `GroupedConv2D` and of `grouped_conv2d`) picks how it is computed:
-
-- "auto" (default): "native" when TensorFlow sees a GPU, otherwise "cpu". Resolved when
-  the layer is called (traced), so a model built on one device and restored on another
-  uses the right path.
-- "native": `tf.nn.conv2d` with the grouped kernel and TensorFlow's own gradient. cuDNN runs
-  it on GPU. On CPU it trains only where oneDNN runs the grouped backprop ops (float32 and
-  bfloat16 in TensorFlow's default x86 build); float16, or TF_ENABLE_ONEDNN_OPTS=0, fails
-  with "Gradients for grouped convolutions are not supported on CPU".
-- "cpu": the CPU path. It is "native" whenever TensorFlow's CPU kernels compute the
-  grouped gradients (`native_grads_supported`, checked once per process and dtype on a
-  tiny problem), so forward, input gradient and kernel gradient are each one oneDNN call
-  doing exactly the grouped conv's FLOPs. float16 is computed in float32 and cast back
-  (oneDNN has no float16 conv on CPU: TensorFlow's fallback kernel is ~7x slower in the
-  forward pass and has no grouped gradient); bfloat16 runs natively. Without the native
-  gradients (oneDNN off), and inside XLA-compiled functions (`jit_compile=True`: XLA's CPU
-  grouped conv takes seconds per backward), it uses "split", measured fastest there.
-- "split": one `tf.nn.conv2d` per group plus a concat; TensorFlow's own gradients.
-- "depthwise": a depthwise conv with channel multiplier `C_out / groups` followed by a sum
-  over each group's input channels; TensorFlow's own gradients.
-
-"split" and "depthwise" are the earlier CPU formulations, kept as fallback, references and
-for `benchmarks/bench_grouped_conv.py`: at ResNeXt101's shapes (batch 8, 2 noisy cores)
-"cpu" took 1.5-2.5x less time than "split" and 3.5-17x less than "depthwise" for forward +
-backward, about 1.8x and 6x less summed over the seven shapes.
-A custom gradient computing the input gradient as a grouped forward conv of the output
-gradient with the flipped kernel (zero-dilated for stride 2) was also measured: it is no
-faster than the native `Conv2DBackpropInput` at stride 1 and 2-4x slower at stride 2, so
-it is not used. With `groups == 1` every implementation is a plain `tf.nn.conv2d`.
-
-NCHW (`channels_first`) input runs natively with "native"; the other implementations
-transpose to NHWC and back (on CPU, oneDNN's NCHW grouped conv measured slower than the
-transposes plus NHWC).
+The kernel is always `[k, k, C_in / groups, C_out]` (the layout `tf.nn.conv2d` takes for
+a grouped convolution), so a checkpoint moves between devices and implementations
+unchanged. Padding is 'SAME', or 'VALID' after an explicit pad (PyTorch's symmetric
+padding); there is no bias. `implementation` picks how it is
+computed: "native" (`tf.nn.conv2d`; cuDNN on GPU), "cpu" (native where TensorFlow's CPU
+kernels have the grouped gradients, else "split"), "split" (one conv per group),
+"depthwise" (a depthwise conv and a per-group sum), or "auto" (default: "native" on a
+GPU, else "cpu"). docs/design.md ("Grouped convolution") has the measurements.
 """
 
 import functools
@@ -231,22 +201,32 @@ def grouped_conv2d(
 class GroupedConv2D(keras.layers.Layer):
     """Bias-free grouped convolution; `padding` "same" (default) or "valid".
 
-    `implementation`: one of `IMPLEMENTATIONS` (see the module docstring); "auto" runs
-    "native" on GPU and "cpu" otherwise. The choice is made when the layer is called, so a
-    model built on one device and restored on another uses the right path.
+    Args:
+        filters: output channels, a multiple of `groups`.
+        kernel_size: the square kernel's side.
+        groups: number of groups; the input channels must be a multiple of it.
+        strides: the stride in both spatial dimensions.
+        data_format: "channels_last" (NHWC) or "channels_first" (NCHW).
+        kernel_initializer: a Keras initializer or its name.
+        kernel_regularizer: a Keras regularizer, its name, or None.
+        implementation: one of `IMPLEMENTATIONS` (see the module docstring), resolved
+            when the layer is called, so a model built on one device and restored on
+            another uses the right path.
+        padding: "same" or "valid" (after an explicit pad, for PyTorch's padding).
+        **kwargs: Keras `Layer` arguments (name, dtype, ...).
     """
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        groups,
-        strides=1,
-        data_format="channels_last",
+        filters: int,
+        kernel_size: int,
+        groups: int,
+        strides: int = 1,
+        data_format: str = "channels_last",
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
-        implementation="auto",
-        padding="same",
+        implementation: str = "auto",
+        padding: str = "same",
         **kwargs,
     ):
         super().__init__(**kwargs)
