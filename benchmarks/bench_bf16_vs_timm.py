@@ -56,15 +56,15 @@ def start(mode: str, args: argparse.Namespace, peer_argv: list) -> list:
 
 
 def print_table(results: list) -> None:
-    """One line per row: img/s of each, ours_bf16/timm_bf16 (with its per-round range and
-    the CPU-time view) and ours_bf16/ours_fp32.
+    """One line per row: img/s of each, ours_bf16/timm_bf16 (median steps, and CPU time)
+    and ours_bf16/ours_fp32 (median steps, and its range over the rounds).
 
     Args:
-        results: bench_vs_timm.bench_row's results, baseline timm_bf16.
+        results: bench_vs_timm.bench_row's results (their baseline is ours_fp32).
     """
     print(
         "| row | batch | size | ours fp32 img/s | ours bf16 img/s | timm bf16 img/s | "
-        "ours bf16 / timm bf16 | round ratios | CPU time | ours bf16 / ours fp32 | load |"
+        "ours bf16 / timm bf16 | CPU time | ours bf16 / ours fp32 | round ratios | load |"
     )
     print("|" + "---|" * 11)
     for res in results:
@@ -75,9 +75,9 @@ def print_table(results: list) -> None:
         print(
             f"| {res['mode']} | {res['batch']} | {res['size']} | {img['ours_fp32']:.2f} | "
             f"{img['ours_bf16']:.2f} | {img['timm_bf16']:.2f} | "
-            f"**{img['ours_bf16'] / img['timm_bf16']:.2f}** | "
-            f"{min(rounds):.2f}-{max(rounds):.2f} | {per_cpu:.2f} | "
-            f"**{img['ours_bf16'] / img['ours_fp32']:.2f}** | {min(load):.1f}-{max(load):.1f} |",
+            f"**{img['ours_bf16'] / img['timm_bf16']:.2f}** | {per_cpu:.2f} | "
+            f"**{img['ours_bf16'] / img['ours_fp32']:.2f}** | "
+            f"{min(rounds):.2f}-{max(rounds):.2f} | {min(load):.1f}-{max(load):.1f} |",
             flush=True,
         )
 
