@@ -82,8 +82,8 @@ class OursWorker:
         keras.backend.clear_session()
         gc.collect()
         keras.utils.set_random_seed(seed)
-        # "mixed_float16" is main.py's --amp (with dynamic loss scaling); "mixed_bfloat16"
-        # has no main.py flag: measured here for CPUs with bfloat16 instructions.
+        # "mixed_float16" is main.py's --amp --amp_dtype float16 (dynamic loss scaling);
+        # "mixed_bfloat16" its --amp --amp_dtype bfloat16 (no loss scaling).
         amp = precision == "mixed_float16"
         keras.mixed_precision.set_global_policy(precision)
         model = build_model("resnext101-32x4d", num_classes=1000, data_format=data_format)

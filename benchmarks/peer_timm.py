@@ -5,10 +5,12 @@ imports nothing of the project. A persistent subprocess: one JSON command per li
 stdin, one `PEER {json}` answer per command on stdout (the protocol: docs/design.md,
 "Benchmarks"). Training step: forward (train mode), cross-entropy, backward, SGD lr 0.01
 momentum 0.9 weight_decay 1e-4 (the same L2 decay as our loss term); inference: eval mode
-under `torch.inference_mode()`. Each step is synchronous and timed alone.
+under `torch.inference_mode()`. Each step is synchronous and timed alone. With
+PEER_AUTOCAST=bfloat16 the forward passes run under `torch.autocast("cpu", torch.bfloat16)`.
 """
 
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -61,6 +63,11 @@ class Peer:
         images = torch.rand(batch, 3, size, size).mul_(255.0)
         images = ((images - 127.5) / 58.0).contiguous(memory_format=fmt)
         targets = torch.randint(0, 1000, (batch,))
+        dtype = os.environ.get("PEER_AUTOCAST")
+        if dtype:
+            autocast = functools.partial(torch.autocast, "cpu", dtype=getattr(torch, dtype))
+        else:
+            autocast = contextlib.nullcontext
         if mode == "train":
             model.train()
             optimizer = torch.optim.SGD(
@@ -70,7 +77,8 @@ class Peer:
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(images), targets)
+                with autocast():
+                    loss = loss_fn(model(images), targets)
                 loss.backward()
                 optimizer.step()
                 return loss.item()
@@ -79,7 +87,7 @@ class Peer:
             model.eval()
 
             def step():
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast():
                     return float(model(images)[0, 0])
 
         else:

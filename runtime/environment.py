@@ -1,4 +1,4 @@
-"""Process set-up before any model is built: devices, precision, seeds.
+"""Process set-up before any model is built: devices, precision (--amp/--amp_dtype), seeds.
 
 With several processes (Horovod) each process takes the GPU of its local rank (--gpu_id
 only picks the GPU of a single process) and its own seed (--seed + rank), so ranks shuffle
@@ -13,6 +13,8 @@ import sys
 
 import tensorflow as tf
 
+from utils import precision
+from utils.core import cpu_features
 from utils.core.errors import UserError
 from utils.core.tf_compat import keras
 
@@ -71,15 +73,29 @@ def configure_devices(dist, gpu_id, dali=False, memory_fraction=1.0):
     tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def configure_precision(amp, warn=True):
-    keras.mixed_precision.set_global_policy("mixed_float16" if amp else "float32")
-    if amp and warn and not tf.config.list_physical_devices("GPU"):
-        print(
-            "warning: --amp without a GPU: CPUs have no fast float16 convolutions, so this "
-            "runs many times slower than float32 (drop --amp on a CPU)",
-            file=sys.stderr,
-            flush=True,
+def _gpu_capability(gpu):
+    try:
+        return tf.config.experimental.get_device_details(gpu).get("compute_capability")
+    except (RuntimeError, ValueError):
+        return None
+
+
+def configure_precision(amp, amp_dtype=None, static_loss_scale=-1, warn=True):
+    """Set the Keras policy: float32, or with `amp` mixed float16/bfloat16 (utils/precision.py
+    chooses the default dtype from the device). Returns the chosen dtype (None without
+    `amp`); `warn`: print its warnings (one line each) on stderr."""
+    chosen, warnings = None, []
+    if amp:
+        gpus = tf.config.list_physical_devices("GPU")
+        capability = _gpu_capability(gpus[0]) if gpus else None
+        chosen, warnings = precision.choose_dtype(
+            amp_dtype, bool(gpus), cpu_features.native_bf16(), capability
         )
+        warnings.append(precision.static_scale_warning(chosen, static_loss_scale))
+    keras.mixed_precision.set_global_policy(precision.policy_name(amp, chosen))
+    for line in filter(None, warnings if warn else []):
+        print(line, file=sys.stderr, flush=True)
+    return chosen
 
 
 def configure_seed(seed, rank):

@@ -26,6 +26,7 @@ from utils.distributed import launcher
 from utils.learning_rate import WarmupDecaySchedule
 from utils.logs.dllogger_compat import Logger
 from utils.optimizers import build_optimizer
+from utils.precision import loss_scaling
 
 METRIC_UNITS = {
     "imgs_per_sec": "img/s",
@@ -58,7 +59,7 @@ def _make_optimizer(args, dist, plan, model):
         lr_warmup_epochs=args.lr_warmup_epochs,
         cosine=args.cosine_lr,
     )
-    optimizer = build_optimizer(schedule, args.momentum, args.amp, args.static_loss_scale)
+    optimizer = build_optimizer(schedule, args.momentum, loss_scaling(args), args.static_loss_scale)
     # Create the momentum slots now, so checkpoints restore into them and Horovod can
     # broadcast them before the first step.
     getattr(optimizer, "inner_optimizer", optimizer).build(model.trainable_variables)
@@ -265,7 +266,9 @@ def run(args):
 def _run(args, dist):
     with dist.agree_on_errors():
         environment.configure_devices(dist, args.gpu_id, args.dali, args.gpu_memory_fraction)
-        environment.configure_precision(args.amp, warn=dist.is_chief)
+        args.amp_dtype = environment.configure_precision(
+            args.amp, args.amp_dtype, args.static_loss_scale, warn=dist.is_chief
+        )
         seed = environment.configure_seed(args.seed, dist.rank)
         logger = Logger(args.results_dir, args.log_filename, enabled=dist.is_chief)
     try:

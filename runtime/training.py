@@ -25,6 +25,7 @@ from utils import distributed
 from utils.core.errors import UserError
 from utils.logs.progress import Progress
 from utils.losses import cross_entropy, decayed_variables, l2_loss
+from utils.precision import loss_scaling
 
 CHECKPOINT_EVERY = 1000
 
@@ -35,7 +36,7 @@ def _divergence(total_loss, step, args):
     if np.isfinite(total_loss):
         return None
     hint = "lower --lr_init"
-    if args.amp and args.static_loss_scale != -1:
+    if loss_scaling(args) and args.static_loss_scale != -1:
         hint = "drop --static_loss_scale for dynamic loss scaling, or use a smaller scale"
     return UserError(
         f"training diverged at step {step}: total_loss is {total_loss}; {hint} "
@@ -67,7 +68,8 @@ class StopRequest:
 
 
 def make_train_step(model, optimizer, dist, weight_decay, amp, xla):
-    """The compiled training step: (images, targets) -> (cross_entropy, l2, total loss)."""
+    """The compiled training step: (images, targets) -> (cross_entropy, l2, total loss).
+    `amp`: scale the loss (float16; the optimizer is a LossScaleOptimizer)."""
     variables = model.trainable_variables
     decayed = decayed_variables(model)
 
@@ -133,7 +135,7 @@ class Trainer:
         self.keeper = keeper
         self.global_batch = args.batch_size * dist.size
         self.step_fn = make_train_step(
-            model, optimizer, dist, args.weight_decay, args.amp, args.xla
+            model, optimizer, dist, args.weight_decay, loss_scaling(args), args.xla
         )
         self.summary = None
         if dist.is_chief and keeper is not None:

@@ -142,15 +142,16 @@ def test_sigterm_stops_training_with_a_loadable_checkpoint(sample_data, tmp_path
     assert restored
 
 
-# AMP runs at float32 speed or slower on this CPU, so it is exercised on the smaller net.
+# float16 AMP runs slower than float32 on a CPU, so AMP is exercised on the smaller net.
 @pytest.mark.parametrize(
     ("arch", "precision"),
     [
         ("resnext101-32x4d", []),
-        ("resnet50", ["--amp"]),
-        ("resnet50", ["--amp", "--static_loss_scale", "8"]),
+        ("resnet50", ["--amp", "--amp_dtype", "float16"]),
+        ("resnet50", ["--amp", "--amp_dtype", "float16", "--static_loss_scale", "8"]),
+        ("resnet50", ["--amp", "--amp_dtype", "bfloat16"]),
     ],
-    ids=["fp32", "amp-dynamic", "amp-static"],
+    ids=["fp32", "amp-dynamic", "amp-static", "amp-bf16"],
 )
 def test_training_benchmark_reports_throughput_with_finite_losses(tmp_path, arch, precision):
     run_main(

@@ -9,6 +9,7 @@ import argparse
 from model.config import ARCHITECTURES, DATA_FORMATS
 from utils import checks, modes
 from utils.distributed.launcher import launched_rank
+from utils.precision import AMP_DTYPES
 
 ARCHS = tuple(ARCHITECTURES)  # the model's table, in its order
 
@@ -255,6 +256,13 @@ def _add_optimization_args(parser):
         default=-1,
         help="Use static loss scaling in FP32 AMP (-1: dynamic loss scaling).",
     )
+    g.add_argument(
+        "--amp_dtype",
+        choices=AMP_DTYPES,
+        default=None,
+        help="The dtype of --amp: float16 (with loss scaling) or bfloat16 (none needed). "
+        "Default: float16 on GPUs; bfloat16 on CPUs with bfloat16 instructions.",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -308,6 +316,8 @@ def _check_combinations(parser, args):
         parser.error(checks.loss_scale_problem(args.static_loss_scale))
     if args.static_loss_scale != -1 and not args.amp:
         parser.error("--static_loss_scale only applies with --amp")
+    if args.amp_dtype and not args.amp:
+        parser.error(f"--amp_dtype {args.amp_dtype} only applies with --amp: add --amp")
     if args.mixup and not mode.trains:
         parser.error(f"--mixup only applies to training, not --mode {args.mode}")
     quant_flags = [f for f in ("use_qdq", "symmetric") if getattr(args, f)]
