@@ -1,16 +1,20 @@
 """Checkpoints: save every N steps and at the end, keep the last 5, resume, fine-tune.
 
-TensorFlow writes a checkpoint's data and index before it atomically rewrites the
-`checkpoint` state file, so a run killed mid-save still resumes from the previous one.
-A small `model_config.json` beside the checkpoints records the architecture and whether
-the model is quantization-aware (QAT); a checkpoint of another architecture, or a float
-checkpoint where a QAT one is expected (and the reverse), is refused with one line instead
-of a shape traceback. Fine-tuning (`--finetune_checkpoint`) copies float weights across
-that boundary.
+A checkpoint is found on disk (`ckpt-N.index` and all its data shards), not only through
+TF's `checkpoint` state file, and read in full before use, so a corrupt one is named. A
+save never writes over a `ckpt-N` this run did not write; a failed save is one line.
+`model_config.json` beside the checkpoints records the architecture and QAT flags; a
+checkpoint of another model is refused with one line instead of a shape traceback.
+Fine-tuning (`--finetune_checkpoint`) copies float weights across the QAT boundary.
 """
 
+import glob
 import json
+import logging
 import os
+import re
+import shutil
+import signal
 
 import tensorflow as tf
 
@@ -22,21 +26,38 @@ from utils.core.errors import UserError, tf_error_message
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5
 HEAD_LAYERS = ("logits_dense", "logits_conv")
+CKPT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+SAVE_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+
+
+def _quiet_tf():
+    """After a restore error: TF's warnings about unresolved objects would follow it."""
+    tf.get_logger().setLevel(logging.ERROR)
 
 
 def _read_config(directory):
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{path} is corrupt ({str(error)[:80]}): restore it, or move it away to skip the "
+            "architecture check"
+        ) from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is corrupt (not a JSON object): restore it or move it away")
+    return saved
 
 
 def _restore(checkpoint, prefix, problem):
     """Restore `prefix` into `checkpoint`; a mismatch is one line: `problem`, then TF's."""
     try:
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
+    except (ValueError, AssertionError, IndexError, tf.errors.OpError) as error:
+        _quiet_tf()
         raise UserError(f"{problem}: {tf_error_message(error, limit=200)}") from None
 
 
@@ -44,10 +65,85 @@ def _checkpoint_dir(path):
     return path if os.path.isdir(path) else os.path.dirname(path)
 
 
+def complete_checkpoints(directory: str) -> list:
+    """Prefixes of the complete `ckpt-N` in `directory` (index and every data shard),
+    newest first, whether or not TF's `checkpoint` state file lists them.
+
+    Args:
+      directory: the checkpoint folder.
+    """
+    found = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        match = CKPT_INDEX.match(name)
+        if not match:
+            continue
+        prefix = os.path.join(directory, name[: -len(".index")])
+        shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
+        counts = {shard.rsplit("-of-", 1)[1] for shard in shards}
+        if len(counts) == 1 and len(shards) == int(counts.pop()):
+            found.append((int(match[1]), prefix))
+    return [prefix for _, prefix in sorted(found, reverse=True)]
+
+
+def corruption(prefix: str):
+    """None if every tensor of checkpoint `prefix` reads back (TF checks each one's CRC),
+    else "<file>: <problem>" naming the file that fails.
+
+    Args:
+      prefix: the checkpoint prefix (`.../ckpt-N`).
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError, IndexError) as error:
+        return f"{prefix}.index: {tf_error_message(error, limit=120)}"
+    try:
+        for key in reader.get_variable_to_dtype_map():
+            reader.get_tensor(key)
+    except (tf.errors.OpError, ValueError, IndexError) as error:
+        shards = sorted(glob.glob(glob.escape(prefix) + ".data-*"))
+        return f"{', '.join(shards) or prefix + '.data'}: {tf_error_message(error, limit=120)}"
+    return None
+
+
+def pick_checkpoint(directory: str, fall_back: bool, log=print):
+    """The newest intact checkpoint in `directory`, or None if there is none at all.
+
+    A corrupt newest one is named; with `fall_back` the newest intact older one is used
+    (and said), otherwise the error names the fix (a run that trains would write its
+    next checkpoints over the corrupt one's numbers).
+
+    Args:
+      directory: the checkpoint folder.
+      fall_back: use an older intact checkpoint when newer ones are corrupt.
+      log: prints a message.
+    """
+    candidates = complete_checkpoints(directory)
+    corrupt = []
+    for prefix in candidates:
+        problem = corruption(prefix)
+        if problem is None:
+            break
+        corrupt.append(problem)
+    else:
+        prefix = None
+    if corrupt and (prefix is None or not fall_back):
+        _quiet_tf()
+        names = ", ".join(os.path.basename(p.split(":")[0]) for p in corrupt)
+        fix = f"move them out of {directory}" + (
+            f" to resume from {os.path.basename(prefix)} (intact)" if prefix else ""
+        )
+        raise UserError(f"corrupt checkpoint ({corrupt[0]}); corrupt: {names}: {fix}")
+    if corrupt:
+        log(f"{corrupt[0].split(':')[0]} is corrupt; using the newest intact checkpoint {prefix}")
+    return prefix
+
+
 def resolve_checkpoint(path):
-    """A checkpoint prefix from a directory (its latest) or a prefix; None if none found."""
+    """A checkpoint prefix from a directory (its newest complete one) or a prefix; None
+    if none found."""
     if os.path.isdir(path):
-        return tf.train.latest_checkpoint(path)
+        found = complete_checkpoints(path)
+        return found[0] if found else None
     if tf.io.gfile.exists(path + ".index"):
         return path
     return None
@@ -83,25 +179,52 @@ def check_compatible(directory: str, config: ModelConfig, flag: str = "--model_d
 class CheckpointKeeper:
     """Model, optimizer (with its step counter) and data position in `model_dir`."""
 
-    def __init__(self, model_dir, model, optimizer, config, enabled=True):
+    def __init__(self, model_dir, model, optimizer, config, enabled=True, log=print):
         self.model_dir = model_dir
         self.config = config
         self.enabled = enabled
+        self.log = log
+        self.written = set()  # prefixes this run saved
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, model_dir, max_to_keep=MAX_TO_KEEP
-        )
+        self.manager = self._manager()
+
+    def _manager(self):
+        return tf.train.CheckpointManager(self.checkpoint, self.model_dir, max_to_keep=MAX_TO_KEEP)
 
     @property
     def latest(self):
         return self.manager.latest_checkpoint
 
+    def _adopt(self, prefix):
+        """Make TF's state file name `prefix` (and the older complete ones) when it is
+        missing or behind, so the keep-last-5 rotation knows them."""
+        listed = self.manager.latest_checkpoint
+        if listed == prefix:
+            return
+        if listed is None:
+            self.log(
+                f"no `checkpoint` state file in {self.model_dir}: resuming from the newest "
+                f"complete checkpoint there, {os.path.basename(prefix)}"
+            )
+        else:
+            self.log(
+                f"the `checkpoint` state file names {os.path.basename(listed)}, but "
+                f"{os.path.basename(prefix)} is newer and complete: resuming from it"
+            )
+        older = [p for p in complete_checkpoints(self.model_dir) if p != prefix][: MAX_TO_KEEP - 1]
+        tf.compat.v1.train.update_checkpoint_state(
+            self.model_dir, prefix, all_model_checkpoint_paths=[*reversed(older), prefix]
+        )
+        self.manager = self._manager()
+
     def restore_latest(self):
-        """Restore the newest checkpoint in model_dir; return its path or None."""
-        path = self.latest
+        """Restore the newest intact checkpoint in model_dir; return its path or None."""
+        if complete_checkpoints(self.model_dir) or self.latest:
+            check_compatible(self.model_dir, self.config)
+        path = pick_checkpoint(self.model_dir, fall_back=False, log=self.log)
         if path is None:
             return None
-        check_compatible(self.model_dir, self.config)
+        self._adopt(path)
         _restore(
             self.checkpoint,
             path,
@@ -110,16 +233,49 @@ class CheckpointKeeper:
         return path
 
     def save(self, step):
+        """Save `ckpt-<step>` (signals wait until it is written); one line on failure."""
         if not self.enabled:
             return None
-        os.makedirs(self.model_dir, exist_ok=True)
-        fileio.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config.saved())
-        return self.manager.save(checkpoint_number=int(step))
+        prefix = os.path.join(self.model_dir, f"ckpt-{int(step)}")
+        if os.path.exists(prefix + ".index") and prefix not in self.written:
+            raise UserError(
+                f"{prefix} exists and was not written by this run; not writing over it: move "
+                f"it away or pass another --model_dir (checkpoints up to {self.latest} are kept)"
+            )
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SAVE_SIGNALS)
+        try:
+            os.makedirs(self.model_dir, exist_ok=True)
+            fileio.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config.saved())
+            path = self.manager.save(checkpoint_number=int(step))
+        except (OSError, tf.errors.OpError) as error:
+            shutil.rmtree(prefix + "_temp", ignore_errors=True)  # this save's staging
+            good = f"{self.latest} is still good" if self.latest else "no checkpoint was saved"
+            # TF says "<temp file>; No space left on device": keep the reason.
+            reason = getattr(error, "strerror", None) or tf_error_message(error, 400)
+            reason = reason.rsplit("; ", 1)[-1][:150]
+            raise UserError(
+                f"saving {prefix} failed ({reason}); "
+                f"{good}: free space or fix permissions, then rerun to resume"
+            ) from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.written.add(path)
+        return path
 
 
-def restore_model_only(model, path, config):
-    """Restore only the model's weights (evaluate, predict, export)."""
-    prefix = resolve_checkpoint(path)
+def restore_model_only(model, path, config, log=print):
+    """Restore only the model's weights (evaluate, predict, export); a corrupt newest
+    checkpoint in a folder falls back to the newest intact one (said with `log`)."""
+    if os.path.isdir(path):
+        if complete_checkpoints(path):
+            check_compatible(path, config)
+        prefix = pick_checkpoint(path, fall_back=True, log=log)
+    else:
+        prefix = resolve_checkpoint(path)
+        problem = prefix and corruption(prefix)
+        if problem:
+            _quiet_tf()
+            raise UserError(f"corrupt checkpoint ({problem}): pass an intact one")
     if prefix is None:
         raise UserError(f"no checkpoint in {path}: train first or point --model_dir elsewhere")
     check_compatible(_checkpoint_dir(prefix), config)
