@@ -8,11 +8,8 @@ checkpoint of another model is refused with one line instead of a shape tracebac
 Fine-tuning (`--finetune_checkpoint`) copies float weights across the QAT boundary.
 """
 
-import glob
 import json
-import logging
 import os
-import re
 import shutil
 import signal
 
@@ -20,19 +17,14 @@ import tensorflow as tf
 
 from model import quantization
 from model.config import ModelConfig
+from runtime.checkpoint_files import complete_checkpoints, corruption, pick_checkpoint, quiet_tf
 from utils.core import fileio
 from utils.core.errors import UserError, tf_error_message
 
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5
 HEAD_LAYERS = ("logits_dense", "logits_conv")
-CKPT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 SAVE_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
-
-
-def _quiet_tf():
-    """After a restore error: TF's warnings about unresolved objects would follow it."""
-    tf.get_logger().setLevel(logging.ERROR)
 
 
 def _read_config(directory):
@@ -57,85 +49,12 @@ def _restore(checkpoint, prefix, problem):
     try:
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, IndexError, tf.errors.OpError) as error:
-        _quiet_tf()
+        quiet_tf()
         raise UserError(f"{problem}: {tf_error_message(error, limit=200)}") from None
 
 
 def _checkpoint_dir(path):
     return path if os.path.isdir(path) else os.path.dirname(path)
-
-
-def complete_checkpoints(directory: str) -> list:
-    """Prefixes of the complete `ckpt-N` in `directory` (index and every data shard),
-    newest first, whether or not TF's `checkpoint` state file lists them.
-
-    Args:
-      directory: the checkpoint folder.
-    """
-    found = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else ():
-        match = CKPT_INDEX.match(name)
-        if not match:
-            continue
-        prefix = os.path.join(directory, name[: -len(".index")])
-        shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
-        counts = {shard.rsplit("-of-", 1)[1] for shard in shards}
-        if len(counts) == 1 and len(shards) == int(counts.pop()):
-            found.append((int(match[1]), prefix))
-    return [prefix for _, prefix in sorted(found, reverse=True)]
-
-
-def corruption(prefix: str):
-    """None if every tensor of checkpoint `prefix` reads back (TF checks each one's CRC),
-    else "<file>: <problem>" naming the file that fails.
-
-    Args:
-      prefix: the checkpoint prefix (`.../ckpt-N`).
-    """
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError, IndexError) as error:
-        return f"{prefix}.index: {tf_error_message(error, limit=120)}"
-    try:
-        for key in reader.get_variable_to_dtype_map():
-            reader.get_tensor(key)
-    except (tf.errors.OpError, ValueError, IndexError) as error:
-        shards = sorted(glob.glob(glob.escape(prefix) + ".data-*"))
-        return f"{', '.join(shards) or prefix + '.data'}: {tf_error_message(error, limit=120)}"
-    return None
-
-
-def pick_checkpoint(directory: str, fall_back: bool, log=print):
-    """The newest intact checkpoint in `directory`, or None if there is none at all.
-
-    A corrupt newest one is named; with `fall_back` the newest intact older one is used
-    (and said), otherwise the error names the fix (a run that trains would write its
-    next checkpoints over the corrupt one's numbers).
-
-    Args:
-      directory: the checkpoint folder.
-      fall_back: use an older intact checkpoint when newer ones are corrupt.
-      log: prints a message.
-    """
-    candidates = complete_checkpoints(directory)
-    corrupt = []
-    for prefix in candidates:
-        problem = corruption(prefix)
-        if problem is None:
-            break
-        corrupt.append(problem)
-    else:
-        prefix = None
-    if corrupt and (prefix is None or not fall_back):
-        _quiet_tf()
-        names = ", ".join(os.path.basename(p.split(":")[0]) for p in corrupt)
-        fix = f"move them out of {directory}" + (
-            f" to resume from {os.path.basename(prefix)} (intact)" if prefix else ""
-        )
-        raise UserError(f"corrupt checkpoint ({corrupt[0]}); corrupt: {names}: {fix}")
-    if corrupt:
-        log(f"{corrupt[0].split(':')[0]} is corrupt; using the newest intact checkpoint {prefix}")
-    return prefix
 
 
 def resolve_checkpoint(path):
@@ -208,8 +127,8 @@ class CheckpointKeeper:
             )
         else:
             self.log(
-                f"the `checkpoint` state file names {os.path.basename(listed)}, but "
-                f"{os.path.basename(prefix)} is newer and complete: resuming from it"
+                f"the `checkpoint` state file names {os.path.basename(listed)}, but the newest "
+                f"complete checkpoint on disk is {os.path.basename(prefix)}: resuming from it"
             )
         older = [p for p in complete_checkpoints(self.model_dir) if p != prefix][: MAX_TO_KEEP - 1]
         tf.compat.v1.train.update_checkpoint_state(
@@ -274,7 +193,7 @@ def restore_model_only(model, path, config, log=print):
         prefix = resolve_checkpoint(path)
         problem = prefix and corruption(prefix)
         if problem:
-            _quiet_tf()
+            quiet_tf()
             raise UserError(f"corrupt checkpoint ({problem}): pass an intact one")
     if prefix is None:
         raise UserError(f"no checkpoint in {path}: train first or point --model_dir elsewhere")
