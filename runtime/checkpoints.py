@@ -8,10 +8,12 @@ checkpoint of another model is refused with one line instead of a shape tracebac
 Fine-tuning (`--finetune_checkpoint`) copies float weights across the QAT boundary.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import threading
 
 import tensorflow as tf
 
@@ -24,7 +26,7 @@ from utils.core.errors import UserError, tf_error_message
 CONFIG_FILE = "model_config.json"
 MAX_TO_KEEP = 5
 HEAD_LAYERS = ("logits_dense", "logits_conv")
-SAVE_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+SAVE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def _read_config(directory):
@@ -95,6 +97,24 @@ def check_compatible(directory: str, config: ModelConfig, flag: str = "--model_d
         )
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Signals that arrive during a save are handled, in order, once it is written. (Python
+    runs handlers in the main thread between bytecodes, so a signal mask would not do.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = {sig: signal.signal(sig, lambda num, _: pending.append(num)) for sig in SAVE_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            signal.raise_signal(sig)
+
+
 class CheckpointKeeper:
     """Model, optimizer (with its step counter) and data position in `model_dir`."""
 
@@ -161,11 +181,17 @@ class CheckpointKeeper:
                 f"{prefix} exists and was not written by this run; not writing over it: move "
                 f"it away or pass another --model_dir (checkpoints up to {self.latest} are kept)"
             )
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SAVE_SIGNALS)
+        with _signals_deferred():
+            self._write(prefix, step)
+            path = self.manager.latest_checkpoint
+        self.written.add(path)
+        return path
+
+    def _write(self, prefix, step):
         try:
             os.makedirs(self.model_dir, exist_ok=True)
             fileio.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config.saved())
-            path = self.manager.save(checkpoint_number=int(step))
+            self.manager.save(checkpoint_number=int(step))
         except (OSError, tf.errors.OpError) as error:
             shutil.rmtree(prefix + "_temp", ignore_errors=True)  # this save's staging
             good = f"{self.latest} is still good" if self.latest else "no checkpoint was saved"
@@ -176,10 +202,6 @@ class CheckpointKeeper:
                 f"saving {prefix} failed ({reason}); "
                 f"{good}: free space or fix permissions, then rerun to resume"
             ) from None
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.written.add(path)
-        return path
 
 
 def restore_model_only(model, path, config, log=print):

@@ -140,6 +140,26 @@ def test_save_never_overwrites_a_checkpoint_it_did_not_write(tmp_path):
     assert keeper.save(6).endswith("ckpt-6")
 
 
+def test_a_signal_during_a_save_is_handled_after_it(tmp_path, monkeypatch):
+    keeper = checkpoints.CheckpointKeeper(
+        str(tmp_path), _tiny_model(), tf.keras.optimizers.SGD(), CONFIG
+    )
+    real_save, seen = keeper.manager.save, []
+
+    def save_signalled(**kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)  # arrives mid-save
+        time.sleep(0.01)
+        return real_save(**kwargs)
+
+    monkeypatch.setattr(keeper.manager, "save", save_signalled)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: seen.append(os.listdir(tmp_path)))
+    try:
+        keeper.save(3)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(seen) == 1 and "ckpt-3.index" in seen[0], seen
+
+
 # 3: writability, full disk
 
 
