@@ -15,10 +15,10 @@ import functools
 import sys
 
 from model import ModelConfig, build
-from runtime import checkpoints, environment, evaluation, inputs
+from runtime import checkpoints, environment, evaluation, inputs, memory, outputs, signals
 from runtime.export import export_saved_model
 from runtime.predict import list_images, predict, print_predictions, write_predictions
-from runtime.training import Trainer
+from runtime.training import StopRequest, Trainer
 from utils import data_utils, distributed, modes
 from utils.core import tf_compat
 from utils.core.errors import UserError
@@ -259,13 +259,17 @@ def run(args):
     dist = _join_processes(args)
     if dist is None:
         return 0
+    signals.install()  # outside training: SIGTERM/SIGINT end with one line
     with dist.failures_as_errors():
-        return _run(args, dist)
+        code = _run(args, dist)
+    return StopRequest.exit_code or code  # 130 after a Ctrl-C stop that saved
 
 
 def _run(args, dist):
     with dist.agree_on_errors():
+        outputs.prepare(args, dist.is_chief)  # writable outputs, model_dir lock, stale temps
         environment.configure_devices(dist, args.gpu_id, args.dali, args.gpu_memory_fraction)
+        memory.guard(args, dist, inputs.image_size(args))
         args.amp_dtype = environment.configure_precision(
             args.amp, args.amp_dtype, args.static_loss_scale, warn=dist.is_chief
         )

@@ -3,7 +3,7 @@
 One compiled step (`tf.function`, `jit_compile` with --xla) takes a batch of images and
 float32 targets; for a QAT model (--quantize) it first tells the quantizers the step. The
 loop around it logs, saves checkpoints every `CHECKPOINT_EVERY` steps and at the end, and
-stops cleanly on SIGTERM/SIGUSR1 with a checkpoint.
+stops cleanly on SIGTERM/SIGUSR1/SIGINT with a checkpoint.
 
 With several processes (Horovod) the gradients are averaged in the step, and before every
 step the ranks exchange two numbers: a stop signal and a data error. So a SIGTERM to any
@@ -13,6 +13,7 @@ Logged losses are averages over ranks; throughput is the job's (all ranks) plus 
 """
 
 import functools
+import os
 import signal
 import sys
 import time
@@ -45,9 +46,12 @@ def _divergence(total_loss, step, args):
 
 
 class StopRequest:
-    """Remembers a SIGTERM or SIGUSR1 so the loop can stop at the next step boundary."""
+    """Remembers a SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) so the loop can stop at the next
+    step boundary and save; a second SIGINT exits at once (130) without saving.
+    `StopRequest.exit_code` is 130 once a run was stopped by SIGINT, else 0."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    exit_code = 0
 
     def __init__(self):
         self.signal = None
@@ -61,9 +65,20 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.signal == signal.SIGINT:
+            StopRequest.exit_code = 128 + signal.SIGINT
 
     def _handle(self, signum, frame):
         del frame
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            print("main.py: second Ctrl-C: exiting without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signal.SIGINT)
+        if signum == signal.SIGINT:
+            print(
+                "Ctrl-C: stopping after this step (press again to exit without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
         self.signal = signum
 
 

@@ -130,7 +130,7 @@ def test_qat_fine_tuned_from_float_keeps_the_float_accuracy(sample_data, float_r
 
 def test_the_exported_qat_model_holds_fake_quant_ops_and_reproduces_predictions(qat_run):
     qat_dir, export = qat_run
-    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(export / "1")).signatures["serving_default"]
     ops = reachable_op_types(serve.graph.as_graph_def())
     assert ops >= FAKE_QUANT_OPS and not ops & QDQ_OPS
     model = restored_qat_model(qat_dir)
@@ -198,7 +198,7 @@ def test_qat_with_amp_and_qdq_trains_and_exports_qdq_ops(tmp_path):
     assert checkpoint_value(tmp_path, "model/quant_step") == 3
     config = json.loads((tmp_path / "model_config.json").read_text())
     assert config["quantize"] and config["symmetric"] and config["use_qdq"]
-    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(export / "1")).signatures["serving_default"]
     ops = reachable_op_types(serve.graph.as_graph_def())
     assert "QuantizeAndDequantizeV4" in ops and not ops & FAKE_QUANT_OPS
     out = serve(input_tensor=tf.random.stateless_uniform([2, 32, 32, 3], [1, 2], 0.0, 255.0))

@@ -39,7 +39,7 @@ def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_
     assert any(r.get("step") == "PARAMETER" for r in records)
 
     # The export takes raw pixels and agrees with the checkpointed model.
-    loaded = tf.saved_model.load(str(export))
+    loaded = tf.saved_model.load(str(export / "1"))  # TF Serving layout: version 1
     serve = loaded.signatures["serving_default"]
     assert serve.structured_input_signature[1]["input_tensor"].shape.as_list() == [None, 32, 32, 3]
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)

@@ -12,3 +12,20 @@ def loss_scale_problem(value: float):
     if value == DYNAMIC_LOSS_SCALE or value > 0:
         return None
     return f"--static_loss_scale must be positive or -1 (dynamic), got {value:g}"
+
+
+MIN_IMAGE_SIZE = 32  # the networks downsample by 32: smaller inputs leave no pixel
+
+
+def positive_problem(value: float):
+    """A learning rate and the like must be a finite number > 0 (not NaN)."""
+    if 0 < value < float("inf"):
+        return None
+    return f"must be a number > 0, got {value:g}"
+
+
+def image_size_problem(value: int):
+    """Fewer than MIN_IMAGE_SIZE pixels a side vanish in the networks' stride of 32."""
+    if value >= MIN_IMAGE_SIZE:
+        return None
+    return f"must be at least {MIN_IMAGE_SIZE} (the networks downsample by 32), got {value}"

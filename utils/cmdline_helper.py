@@ -42,6 +42,23 @@ def _fraction(text):
     return value
 
 
+def _checked(convert, problem):
+    """An argparse type: `convert` the text, then refuse it if `problem(value)` says why."""
+
+    def parse(text):
+        value = convert(text)
+        if problem(value):
+            raise argparse.ArgumentTypeError(problem(value))
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+_positive_float = _checked(float, checks.positive_problem)
+_image_size = _checked(int, checks.image_size_problem)
+
+
 def _add_general_args(p):
     p.add_argument(
         "--arch", choices=ARCHS, default="resnet50", help="Architecture of model to run."
@@ -161,14 +178,14 @@ def _add_dataset_args(parser):
     g.add_argument("--dali", action="store_true", help="Enable DALI data input.")
     g.add_argument(
         "--image_size",
-        type=_positive_int,
+        type=_image_size,
         default=224,
         help="Training and evaluation crop size for real data (evaluation resizes the shorter "
         "side to image_size * 256 / 224 first).",
     )
     g.add_argument(
         "--synthetic_data_size",
-        type=_positive_int,
+        type=_image_size,
         default=224,
         help="Dimension of image for synthetic dataset.",
     )
@@ -177,7 +194,7 @@ def _add_dataset_args(parser):
 def _add_training_args(parser):
     g = parser.add_argument_group("Training arguments")
     g.add_argument(
-        "--lr_init", type=float, default=0.1, help="Initial value for the learning rate."
+        "--lr_init", type=_positive_float, default=0.1, help="Initial value for the learning rate."
     )
     g.add_argument(
         "--lr_warmup_epochs",
