@@ -1,8 +1,9 @@
-"""SavedModel export: raw float32 pixels in, `classes` and `probabilities` out.
+"""SavedModel export with the original's signature: signatures `serving_default` and
+`predict`, input key `input` (raw float32 0..255 pixels), outputs `classes` (int32 argmax)
+and `probabilities` (float32 softmax).
 
-A model trained on DALI batches (normalised by DALI) is built without its own
-normalisation; `normalize=True` puts it in front of the model in the export, so every
-exported model takes raw 0..255 RGB pixels.
+A model trained on DALI batches (normalised by DALI) has no normalisation of its own;
+`normalize=True` puts it back in front, so every export takes raw 0..255 RGB pixels.
 
 The export is written beside `export_dir` under a temporary name and renamed into place,
 so an interrupted export never leaves a half-written model where a server would load it.
@@ -25,7 +26,8 @@ class _Serving(tf.Module):
         self.serve = tf.function(
             self._serve,
             input_signature=[
-                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input_tensor")
+                # The spec's name is the signature's input key: `input`, as the original's.
+                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input")
             ],
         )
 
@@ -34,7 +36,7 @@ class _Serving(tf.Module):
             input_tensor = normalize_images(input_tensor)
         logits = tf.cast(self.model(input_tensor, training=False), tf.float32)
         return {
-            "classes": tf.argmax(logits, axis=1),
+            "classes": tf.argmax(logits, axis=1, output_type=tf.int32),
             "probabilities": tf.nn.softmax(logits, axis=1),
         }
 
@@ -48,7 +50,9 @@ def export_saved_model(model, export_dir, image_size=224, normalize=False):
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
     try:
         module = _Serving(model, image_size, normalize)
-        tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
+        tf.saved_model.save(
+            module, staging, signatures={"serving_default": module.serve, "predict": module.serve}
+        )
         if os.path.exists(export_dir):
             retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.old-")
             os.rename(export_dir, os.path.join(retired, "model"))
