@@ -6,6 +6,7 @@ between the input pipeline and the training step: mixup draws from a Gamma distr
 which XLA cannot compile, and a DALI dataset on a GPU cannot be followed by tf.data maps.
 """
 
+import math
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -17,8 +18,9 @@ from utils.losses import mixup, smoothed_one_hot
 
 @dataclass
 class StepPlan:
-    steps_per_epoch: float
+    steps_per_epoch: float  # fractional with --iter_unit batch, as the original
     total_steps: int
+    decay_steps: int  # length of the cosine decay
     num_train_records: int  # 0 for synthetic data
 
 
@@ -27,11 +29,12 @@ def image_size(args):
 
 
 def plan_steps(args, dist):
-    """Steps as the original counts them: epochs of the global batch, or batches."""
+    """Steps as the original counts them (its `count_steps`): epochs of the global batch,
+    or batches; with --iter_unit batch the decay still spans 90 epochs of the data."""
     global_batch = args.batch_size * dist.size
     if not args.data_dir:
         # Synthetic data has no epochs: --num_iter counts batches whatever --iter_unit says.
-        return StepPlan(args.num_iter, args.num_iter, num_train_records=0)
+        return StepPlan(args.num_iter, args.num_iter, args.num_iter, num_train_records=0)
     records = data_utils.count_records(data_utils.list_files(args.data_dir, "train"))
     steps_per_epoch = records // global_batch
     if steps_per_epoch < 1:
@@ -39,8 +42,22 @@ def plan_steps(args, dist):
             f"{args.data_dir} has {records} training images, fewer than one global batch "
             f"({global_batch} = --batch_size {args.batch_size} x {dist.size} processes)"
         )
-    total = steps_per_epoch * args.num_iter if args.iter_unit == "epoch" else args.num_iter
-    return StepPlan(steps_per_epoch, total, records)
+    if args.iter_unit == "epoch":
+        total = steps_per_epoch * args.num_iter
+        return StepPlan(steps_per_epoch, total, total, records)
+    epochs = math.ceil(args.num_iter / steps_per_epoch)
+    decay = 90 * records // global_batch
+    return StepPlan(args.num_iter / epochs, args.num_iter, decay, records)
+
+
+def steps_this_run(args, plan, start):
+    """Steps this invocation trains from step `start`: --run_iter counts in --iter_unit
+    (run_iter epochs of steps_per_epoch steps, or run_iter batches), -1 all remaining."""
+    remaining = plan.total_steps - start
+    if args.run_iter == -1:
+        return remaining
+    per_unit = plan.steps_per_epoch if args.iter_unit == "epoch" else 1
+    return min(max(1, int(args.run_iter * per_unit)), remaining)
 
 
 def _dali():

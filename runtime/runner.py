@@ -53,7 +53,7 @@ def _make_optimizer(args, dist, plan, model):
         lr_init=args.lr_init,
         global_batch_size=args.batch_size * dist.size,
         steps_per_epoch=plan.steps_per_epoch,
-        total_steps=plan.total_steps,
+        total_steps=plan.decay_steps,
         lr_warmup_epochs=args.lr_warmup_epochs,
         cosine=args.cosine_lr,
     )
@@ -119,8 +119,7 @@ def _train(args, config, dist, logger, seed, benchmark=False):
                 f"rank) after the broadcast from rank 0; check {args.model_dir}"
             )
         )
-    remaining = plan.total_steps - start
-    steps = remaining if args.run_iter == -1 else min(args.run_iter, remaining)
+    steps = inputs.steps_this_run(args, plan, start)
     too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode)
     if benchmark and too_short:
         dist.fail(UserError(too_short))
