@@ -50,9 +50,11 @@ def class_names(num_classes):
     return [get_1k_class_name(i) for i in range(1000)]
 
 
-def predict(model, paths, image_size, batch_size, num_classes):
+def predict(model, paths, image_size, batch_size, num_classes, xla=False):
+    """Top-5 of every image in `paths`, `batch_size` at a time; `xla` compiles the
+    prediction function (--xla)."""
     names = class_names(num_classes)
-    predict_fn = make_predict_fn(model, xla=False)  # a tf.function: see utils/core/perf_env.py
+    predict_fn = make_predict_fn(model, xla)  # a tf.function: see utils/core/perf_env.py
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

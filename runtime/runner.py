@@ -218,7 +218,9 @@ def mode_predict(args, config, dist, logger, seed):
     paths = list_images(args.to_predict)
     model = build(config)
     checkpoints.restore_model_only(model, args.model_dir, config)
-    results = predict(model, paths, args.image_size, args.batch_size, args.num_classes)
+    results = predict(
+        model, paths, args.image_size, args.batch_size, args.num_classes, xla=args.xla
+    )
     print_predictions(results)
     path = write_predictions(results, args.results_dir)
     print(f"wrote {len(results)} predictions to {path}", flush=True)
@@ -259,8 +261,12 @@ def run(args):
 
 
 def _run(args, dist):
+    if args.seed is not None:
+        _say(dist, environment.SEED_NOTE.format(seed=args.seed))
     with dist.agree_on_errors():
-        environment.configure_devices(dist, args.gpu_id, args.dali, args.gpu_memory_fraction)
+        environment.configure_devices(
+            dist, args.gpu_id, args.dali, args.gpu_memory_fraction, cpu=args.cpu
+        )
         environment.configure_precision(args.amp, warn=dist.is_chief)
         seed = environment.configure_seed(args.seed, dist.rank)
         logger = Logger(args.results_dir, args.log_filename, enabled=dist.is_chief)
