@@ -1,4 +1,5 @@
-"""Evaluation (top-1/top-5 over every validation image) and the inference benchmark."""
+"""Evaluation and the inference benchmark, one path as in the original: top-1/top-5,
+throughput and per-batch latency over every validation image or a number of batches."""
 
 import time
 
@@ -37,78 +38,77 @@ def _top_k_correct(logits, labels):
     return top1, top5
 
 
-def _steady_batches(batch_sizes):
-    """Indices of the batches to time: not the first, not a smaller last one."""
-    steady = [i for i, size in enumerate(batch_sizes) if i > 0 and size == batch_sizes[0]]
-    return steady or list(range(len(batch_sizes)))
+def timed_batches(batch_sizes, warmup_steps):
+    """Indices of the batches that count for throughput and latency: the full-size ones
+    after the first `warmup_steps` (as the original, the compiling batch among them); if
+    that leaves none, the full-size ones after the first, else all."""
+    full = [i for i, size in enumerate(batch_sizes) if size == batch_sizes[0]]
+    for skip in (warmup_steps, 1):
+        timed = [i for i in full if i >= skip]
+        if timed:
+            return timed
+    return list(range(len(batch_sizes)))
 
 
-def evaluate(model, dataset, dist, xla, total_images=None):
-    """Top-1/top-5 over this rank's shard, summed over ranks; also throughput and latency.
+def _run_batches(predict, dataset, steps, counts, progress, accuracy):
+    """Predict batch after batch (at most `steps`); the wall time of each batch, from
+    asking the input for it to its result, and its size."""
+    batch_times, batch_sizes = [], []
+    iterator = iter(dataset)
+    while steps is None or len(batch_times) < steps:
+        t0 = time.perf_counter()
+        try:
+            images, labels = next(iterator)
+        except StopIteration:
+            break
+        logits = predict(images)
+        if accuracy:
+            top1, top5 = _top_k_correct(logits, labels)
+            counts += [int(top1), int(top5), 0]
+        else:
+            logits.numpy()  # wait for the result
+        counts[2] += int(labels.shape[0])
+        batch_times.append(time.perf_counter() - t0)
+        batch_sizes.append(int(labels.shape[0]))
+        progress.update(len(batch_times) if steps else int(counts[2]))
+    return batch_times, batch_sizes
 
-    The shards partition the validation set, so the sums count every image exactly once.
-    Every rank runs the same collectives at the end, whatever its shard size; a rank whose
-    input fails ends every rank there (`dist.check`). Throughput and latency leave out the
-    first batch (it traces and compiles) and a smaller last batch (it traces again), unless
-    nothing else is left. Throughput is the job's: the timed images of all ranks over the
-    slowest rank's timed seconds. Latency figures are rank 0's.
+
+def evaluate(model, dataset, dist, xla, warmup_steps=1, steps=None, accuracy=True, total=None):
+    """Top-1/top-5 (`accuracy`), throughput and latency: the one path of `evaluate`,
+    `inference_benchmark` and the evaluation after training, as in the original.
+
+    `steps`: stop after that many batches (this rank's), else run `dataset` to its end.
+    `total`: images (or with `steps`, batches) to expect, for the progress line. Counts
+    are summed over ranks: with shards that partition the validation set and no `steps`,
+    every image counts once. Every rank runs the same collectives at the end; a rank
+    whose input fails ends every rank there (`dist.check`). Timing: `timed_batches`; a
+    batch's time includes waiting for the input. Throughput is the job's (timed images of
+    all ranks over the slowest rank's timed seconds); latency figures are rank 0's.
     """
     predict = make_predict_fn(model, xla)
     counts = np.zeros(3, np.int64)  # top-1 hits, top-5 hits, images
-    batch_times, batch_sizes = [], []
-    progress = Progress(
-        total_images or 0, 1, label="eval", enabled=bool(total_images) and dist.is_chief
-    )
-    error = None
+    progress = Progress(total or 0, 1, label="eval", enabled=bool(total) and dist.is_chief)
+    batch_times, batch_sizes, error = [], [], None
     try:
-        for images, labels in dataset:
-            t0 = time.perf_counter()
-            top1, top5 = _top_k_correct(predict(images), labels)
-            counts += [int(top1), int(top5), int(labels.shape[0])]
-            batch_times.append(time.perf_counter() - t0)
-            batch_sizes.append(int(labels.shape[0]))
-            progress.update(int(counts[2]) * dist.size)
+        batch_times, batch_sizes = _run_batches(predict, dataset, steps, counts, progress, accuracy)
     except Exception as caught:  # this rank's input failed: all ranks end in check()
         error = caught
     progress.close()
     dist.check(error)
     top1, top5, images = (int(c) for c in np.asarray(dist.sum(counts)))
-    timed = _steady_batches(batch_sizes)
+    timed = timed_batches(batch_sizes, warmup_steps) if batch_sizes else []
     timed_times = [batch_times[i] for i in timed]
     seconds, timed_images = dist.gather(
         [sum(timed_times), sum(batch_sizes[i] for i in timed)], name="eval_seconds"
     ).T
-    result = {
-        "top1_accuracy": top1 / images if images else float("nan"),
-        "top5_accuracy": top5 / images if images else float("nan"),
-        "eval_images": images,
-    }
+    result = {"eval_images": images}
+    if accuracy:
+        result["top1_accuracy"] = top1 / images if images else float("nan")
+        result["top5_accuracy"] = top5 / images if images else float("nan")
     if seconds.max() > 0:
         result["eval_throughput"] = float(timed_images.sum()) / float(seconds.max())
     if timed_times:
         stats = latency_stats(timed_times, batch_size=1)
         result.update({f"eval_{k}": v for k, v in stats.items() if k != "throughput"})
     return result
-
-
-def inference_benchmark(model, dataset, steps, warmup_steps, batch_size, xla):
-    """Time `steps` batches one by one (synchronised), leaving out the first `warmup_steps`."""
-    predict = make_predict_fn(model, xla)
-    iterator = iter(dataset)
-    times = []
-    progress = Progress(steps, batch_size, label="inference")
-    for step in range(steps):
-        images, _ = next(iterator)
-        t0 = time.perf_counter()
-        predict(images).numpy()
-        times.append(time.perf_counter() - t0)
-        progress.update(step + 1)
-    progress.close()
-    stats = latency_stats(times[warmup_steps:], batch_size)
-    return {
-        "infer_throughput": stats["throughput"],
-        "infer_latency_avg": stats["latency_avg"],
-        "infer_latency_p90": stats["latency_p90"],
-        "infer_latency_p95": stats["latency_p95"],
-        "infer_latency_p99": stats["latency_p99"],
-    }

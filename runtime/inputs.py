@@ -120,15 +120,67 @@ def evaluation_dataset(args, dist):
     return data_utils.eval_dataset(args.data_dir, args.batch_size, args.image_size, **shard)
 
 
-def inference_dataset(args):
-    """Real validation images when --data_dir is given, else one synthetic batch repeated."""
-    if args.dali:
-        ds, _ = _dali().eval_dataset(
-            args.data_dir, args.data_idx_dir, args.batch_size, args.image_size
+def counts_whole_set(args):
+    """True when an evaluation scores every validation image once (the port's rule for
+    the evaluation after training and a plain `--mode evaluate`), False when it runs a
+    number of fixed-size batches as the original (--iter_unit batch or --num_iter N)."""
+    mode = args.mode
+    if mode in ("train", "train_and_evaluate"):
+        return True
+    return mode == "evaluate" and args.iter_unit == "epoch" and args.num_iter == 1
+
+
+def evaluation_steps(args, dist):
+    """Batches per process for a fixed-count evaluation or inference benchmark: --num_iter
+    batches, or --num_iter epochs of (validation images // global batch) batches."""
+    if args.iter_unit == "batch" or not args.data_dir:
+        return args.num_iter
+    records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
+    per_epoch = records // (args.batch_size * dist.size)
+    if per_epoch < 1:
+        raise UserError(
+            f"{args.data_dir} has {records} validation images, fewer than one batch per "
+            f"process ({args.batch_size} x {dist.size}): lower --batch_size"
         )
-        return ds  # already endless
-    if args.data_dir:
-        return data_utils.eval_dataset(args.data_dir, args.batch_size, args.image_size).repeat()
-    return data_utils.synthetic_dataset(
-        args.batch_size, args.synthetic_data_size, args.num_classes, seed=args.seed
+    return per_epoch * args.num_iter
+
+
+def _full_batches(dali, ds, num_images, batch_size):
+    """DALI's shard over and over, full batches only (no padding, no short last batch)."""
+    while True:
+        for images, labels in dali.real_batches(ds, num_images):
+            if int(labels.shape[0]) == batch_size:
+                yield images, labels
+
+
+def _check_one_batch(shard_images, batch_size):
+    if shard_images < batch_size:
+        raise UserError(
+            f"this process's share of the validation set has {shard_images} images, fewer "
+            f"than one batch of --batch_size {batch_size}: lower --batch_size"
+        )
+
+
+def fixed_batches_dataset(args, dist):
+    """Endless fixed-size batches of this rank's validation shard (repeated as needed),
+    or without --data_dir one synthetic batch repeated."""
+    if not args.data_dir:
+        return data_utils.synthetic_dataset(
+            args.batch_size, args.synthetic_data_size, args.num_classes, seed=args.seed
+        )
+    shard = {"num_shards": dist.size, "shard_index": dist.rank}
+    if args.dali:
+        dali = _dali()
+        ds, num_images = dali.eval_dataset(
+            args.data_dir, args.data_idx_dir, args.batch_size, args.image_size, **shard
+        )
+        _check_one_batch(num_images, args.batch_size)
+        return _full_batches(dali, ds, num_images, args.batch_size)
+    files = data_utils.list_files(args.data_dir, "validation")
+    _check_one_batch(
+        data_utils.shard_size(data_utils.count_records(files), **shard), args.batch_size
     )
+    ds = data_utils.eval_dataset(
+        args.data_dir, args.batch_size, args.image_size, drop_remainder=True, **shard
+    )
+    return ds.repeat()

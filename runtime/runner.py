@@ -31,15 +31,11 @@ METRIC_UNITS = {
     "train_throughput": "img/s",
     "train_throughput_per_rank": "img/s",
     "eval_throughput": "img/s",
-    "infer_throughput": "img/s",
+    "train_compute_throughput": "img/s",
     "learning_rate": None,
     "top1_accuracy": None,
     "top5_accuracy": None,
-    **{
-        f"{kind}_latency_{stat}": "ms"
-        for kind in ("eval", "infer")
-        for stat in ("avg", "p90", "p95", "p99")
-    },
+    **{f"eval_latency_{stat}": "ms" for stat in ("avg", "p90", "p95", "p99")},
 }
 
 
@@ -146,10 +142,30 @@ def _train(args, config, dist, logger, seed, benchmark=False):
 
 
 def _evaluate(args, dist, logger, model):
+    """Score `model` and log the original's keys. The evaluation after training and a
+    plain `--mode evaluate` see every validation image once; otherwise (and always in
+    inference_benchmark) --num_iter/--iter_unit fixed-size batches, as the original."""
     with dist.agree_on_errors():
-        total = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
-        dataset = inputs.evaluation_dataset(args, dist)
-    metrics = evaluation.evaluate(model, dataset, dist, args.xla, total)
+        if inputs.counts_whole_set(args):
+            files = data_utils.list_files(args.data_dir, "validation")
+            steps, total = None, data_utils.count_records(files)
+            dataset = inputs.evaluation_dataset(args, dist)
+        else:
+            steps = total = inputs.evaluation_steps(args, dist)
+            too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode, "batches")
+            if too_short and modes.MODES[args.mode].benchmark:
+                raise UserError(too_short)
+            dataset = inputs.fixed_batches_dataset(args, dist)
+    metrics = evaluation.evaluate(
+        model,
+        dataset,
+        dist,
+        args.xla,
+        warmup_steps=args.warmup_steps,
+        steps=steps,
+        accuracy=bool(args.data_dir),
+        total=total,
+    )
     logger.log((), metrics)
     return metrics
 
@@ -196,21 +212,12 @@ def mode_training_benchmark(args, config, dist, logger, seed):
 
 
 def mode_inference_benchmark(args, config, dist, logger, seed):
-    del seed, dist
+    del seed
     model = build(config)
     if checkpoints.resolve_checkpoint(args.model_dir):
         checkpoints.restore_model_only(model, args.model_dir, config)
-    steps = args.num_iter
-    if args.data_dir and args.iter_unit == "epoch":
-        records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
-        steps = -(-records // args.batch_size) * args.num_iter
-    too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode, "batches")
-    if too_short:
-        raise UserError(too_short)
-    metrics = evaluation.inference_benchmark(
-        model, inputs.inference_dataset(args), steps, args.warmup_steps, args.batch_size, args.xla
-    )
-    logger.log((), metrics)
+    _evaluate(args, dist, logger, model)
+    _export(args, dist, model)
 
 
 def mode_predict(args, config, dist, logger, seed):

@@ -134,7 +134,7 @@ def test_the_exported_qat_model_holds_fake_quant_ops_and_reproduces_predictions(
     assert ops >= FAKE_QUANT_OPS and not ops & QDQ_OPS
     model = restored_qat_model(qat_dir)
     images = tf.random.stateless_uniform([6, 32, 32, 3], [0, 1], 0.0, 255.0)
-    got = serve(input_tensor=images)
+    got = serve(input=images)
     # As graphs both (eager float rounding may flip a fake-quant rounding step).
     want = tf.nn.softmax(tf.function(lambda x: model(x, training=False))(images)).numpy()
     np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
@@ -200,7 +200,7 @@ def test_qat_with_amp_and_qdq_trains_and_exports_qdq_ops(tmp_path):
     serve = tf.saved_model.load(str(export)).signatures["serving_default"]
     ops = reachable_op_types(serve.graph.as_graph_def())
     assert "QuantizeAndDequantizeV4" in ops and not ops & FAKE_QUANT_OPS
-    out = serve(input_tensor=tf.random.stateless_uniform([2, 32, 32, 3], [1, 2], 0.0, 255.0))
+    out = serve(input=tf.random.stateless_uniform([2, 32, 32, 3], [1, 2], 0.0, 255.0))
     np.testing.assert_allclose(np.sum(out["probabilities"], axis=1), 1.0, rtol=1e-5)
 
 

@@ -41,9 +41,9 @@ def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_
     # The export takes raw pixels and agrees with the checkpointed model.
     loaded = tf.saved_model.load(str(export))
     serve = loaded.signatures["serving_default"]
-    assert serve.structured_input_signature[1]["input_tensor"].shape.as_list() == [None, 32, 32, 3]
+    assert serve.structured_input_signature[1]["input"].shape.as_list() == [None, 32, 32, 3]
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-    outputs = serve(input_tensor=tf.constant(images))
+    outputs = serve(input=tf.constant(images))
     from model import ModelConfig, build_model
     from runtime.checkpoints import restore_model_only
 
@@ -172,9 +172,11 @@ def test_inference_benchmark_reports_latency_percentiles(tmp_path):
         "--results_dir", str(tmp_path), *SMALL,
     )  # fmt: skip
     records = read_log(tmp_path)
-    p90, p95, p99 = (logged(records, f"infer_latency_{p}")[0] for p in ("p90", "p95", "p99"))
+    p90, p95, p99 = (logged(records, f"eval_latency_{p}")[0] for p in ("p90", "p95", "p99"))
     assert 0 < p90 <= p95 <= p99
-    assert logged(records, "infer_throughput")[0] > 0
+    assert logged(records, "eval_throughput")[0] > 0
+    assert logged(records, "eval_images") == [6 * 2]
+    assert not logged(records, "top1_accuracy")  # synthetic data: no accuracy
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_no_nan_checkpoint(tmp_path):
