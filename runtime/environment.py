@@ -32,14 +32,21 @@ def gpu_total_memory_mb(ordinal):
     return total.value // 2**20
 
 
-def configure_devices(dist, gpu_id, dali=False, memory_fraction=1.0, cpu=False):
+def configure_devices(
+    dist, gpu_id: int, dali: bool = False, memory_fraction: float = 1.0, cpu: bool = False
+) -> None:
     """One GPU per process (local rank under Horovod, `--gpu_id` alone), or none with
     `cpu` (--cpu: TensorFlow sees no GPU, so DALI runs on the CPU too). Runs before any
     GPU is used (Horovod is initialised but has not touched a device).
 
     TensorFlow takes GPU memory as it needs it (memory growth), except with DALI, where,
     as in the original, it may take at most `memory_fraction` (--gpu_memory_fraction) of
-    the GPU's memory so DALI's GPU decoding keeps the rest."""
+    the GPU's memory so DALI's GPU decoding keeps the rest.
+
+    Args:
+        dist: the process group. gpu_id: --gpu_id. dali: --dali.
+        memory_fraction: --gpu_memory_fraction. cpu: --cpu.
+    """
     gpus = tf.config.list_physical_devices("GPU")
     if cpu and gpus:
         tf.config.set_visible_devices([], "GPU")

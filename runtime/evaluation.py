@@ -2,6 +2,7 @@
 throughput and per-batch latency over every validation image or a number of batches."""
 
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -38,10 +39,15 @@ def _top_k_correct(logits, labels):
     return top1, top5
 
 
-def timed_batches(batch_sizes, warmup_steps):
+def timed_batches(batch_sizes: list, warmup_steps: int) -> list:
     """Indices of the batches that count for throughput and latency: the full-size ones
     after the first `warmup_steps` (as the original, the compiling batch among them); if
-    that leaves none, the full-size ones after the first, else all."""
+    that leaves none, the full-size ones after the first, else all.
+
+    Args:
+        batch_sizes: the size of every batch run, in order (not empty).
+        warmup_steps: --warmup_steps.
+    """
     full = [i for i, size in enumerate(batch_sizes) if size == batch_sizes[0]]
     for skip in (warmup_steps, 1):
         timed = [i for i in full if i >= skip]
@@ -74,7 +80,16 @@ def _run_batches(predict, dataset, steps, counts, progress, accuracy):
     return batch_times, batch_sizes
 
 
-def evaluate(model, dataset, dist, xla, warmup_steps=1, steps=None, accuracy=True, total=None):
+def evaluate(
+    model,
+    dataset,
+    dist,
+    xla: bool,
+    warmup_steps: int = 1,
+    steps: Optional[int] = None,
+    accuracy: bool = True,
+    total: Optional[int] = None,
+) -> dict:
     """Top-1/top-5 (`accuracy`), throughput and latency: the one path of `evaluate`,
     `inference_benchmark` and the evaluation after training, as in the original.
 
@@ -85,6 +100,16 @@ def evaluate(model, dataset, dist, xla, warmup_steps=1, steps=None, accuracy=Tru
     whose input fails ends every rank there (`dist.check`). Timing: `timed_batches`; a
     batch's time includes waiting for the input. Throughput is the job's (timed images of
     all ranks over the slowest rank's timed seconds); latency figures are rank 0's.
+
+    Args:
+        model: the Keras model (logits out).
+        dataset: iterable of (images, labels) batches.
+        dist: the process group.
+        xla: compile the prediction function.
+        warmup_steps: batches left out of the timing (see `timed_batches`).
+        steps: see above; None runs `dataset` to its end.
+        accuracy: count top-1/top-5 (False for synthetic data).
+        total: see above, or None for no progress line.
     """
     predict = make_predict_fn(model, xla)
     counts = np.zeros(3, np.int64)  # top-1 hits, top-5 hits, images

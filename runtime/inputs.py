@@ -6,6 +6,7 @@ between the input pipeline and the training step: mixup draws from a Gamma distr
 which XLA cannot compile, and a DALI dataset on a GPU cannot be followed by tf.data maps.
 """
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -28,9 +29,14 @@ def image_size(args):
     return args.image_size if args.data_dir else args.synthetic_data_size
 
 
-def plan_steps(args, dist):
+def plan_steps(args: argparse.Namespace, dist) -> StepPlan:
     """Steps as the original counts them (its `count_steps`): epochs of the global batch,
-    or batches; with --iter_unit batch the decay still spans 90 epochs of the data."""
+    or batches; with --iter_unit batch the decay still spans 90 epochs of the data.
+
+    Args:
+        args: the parsed command line (data_dir, batch_size, num_iter, iter_unit).
+        dist: the process group (its size makes the global batch).
+    """
     global_batch = args.batch_size * dist.size
     if not args.data_dir:
         # Synthetic data has no epochs: --num_iter counts batches whatever --iter_unit says.
@@ -50,9 +56,15 @@ def plan_steps(args, dist):
     return StepPlan(args.num_iter / epochs, args.num_iter, decay, records)
 
 
-def steps_this_run(args, plan, start):
-    """Steps this invocation trains from step `start`: --run_iter counts in --iter_unit
-    (run_iter epochs of steps_per_epoch steps, or run_iter batches), -1 all remaining."""
+def steps_this_run(args: argparse.Namespace, plan: StepPlan, start: int) -> int:
+    """Steps this invocation trains: --run_iter counts in --iter_unit (run_iter epochs of
+    steps_per_epoch steps, or run_iter batches), -1 all remaining.
+
+    Args:
+        args: the parsed command line (run_iter, iter_unit).
+        plan: the run's `plan_steps`.
+        start: the step training resumes from.
+    """
     remaining = plan.total_steps - start
     if args.run_iter == -1:
         return remaining
@@ -120,19 +132,28 @@ def evaluation_dataset(args, dist):
     return data_utils.eval_dataset(args.data_dir, args.batch_size, args.image_size, **shard)
 
 
-def counts_whole_set(args):
+def counts_whole_set(args: argparse.Namespace) -> bool:
     """True when an evaluation scores every validation image once (the port's rule for
     the evaluation after training and a plain `--mode evaluate`), False when it runs a
-    number of fixed-size batches as the original (--iter_unit batch or --num_iter N)."""
+    number of fixed-size batches as the original (--iter_unit batch or --num_iter N).
+
+    Args:
+        args: the parsed command line (mode, iter_unit, num_iter).
+    """
     mode = args.mode
     if mode in ("train", "train_and_evaluate"):
         return True
     return mode == "evaluate" and args.iter_unit == "epoch" and args.num_iter == 1
 
 
-def evaluation_steps(args, dist):
+def evaluation_steps(args: argparse.Namespace, dist) -> int:
     """Batches per process for a fixed-count evaluation or inference benchmark: --num_iter
-    batches, or --num_iter epochs of (validation images // global batch) batches."""
+    batches, or --num_iter epochs of (validation images // global batch) batches.
+
+    Args:
+        args: the parsed command line (data_dir, batch_size, num_iter, iter_unit).
+        dist: the process group.
+    """
     if args.iter_unit == "batch" or not args.data_dir:
         return args.num_iter
     records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
@@ -161,9 +182,14 @@ def _check_one_batch(shard_images, batch_size):
         )
 
 
-def fixed_batches_dataset(args, dist):
+def fixed_batches_dataset(args: argparse.Namespace, dist):
     """Endless fixed-size batches of this rank's validation shard (repeated as needed),
-    or without --data_dir one synthetic batch repeated."""
+    or without --data_dir one synthetic batch repeated.
+
+    Args:
+        args: the parsed command line (data_dir, dali, batch_size, image sizes).
+        dist: the process group (this rank's shard).
+    """
     if not args.data_dir:
         return data_utils.synthetic_dataset(
             args.batch_size, args.synthetic_data_size, args.num_classes, seed=args.seed

@@ -50,9 +50,19 @@ def class_names(num_classes):
     return [get_1k_class_name(i) for i in range(1000)]
 
 
-def predict(model, paths, image_size, batch_size, num_classes, xla=False):
-    """Top-5 of every image in `paths`, `batch_size` at a time; `xla` compiles the
-    prediction function (--xla)."""
+def predict(
+    model, paths: list, image_size: int, batch_size: int, num_classes: int, xla: bool = False
+) -> list:
+    """Top-5 of every image in `paths`, `batch_size` at a time.
+
+    Args:
+        model: the Keras model (logits out).
+        paths: image files.
+        image_size: the crop size (--image_size).
+        batch_size: images per call.
+        num_classes: the head's size (ImageNet names for 1000/1001).
+        xla: compile the prediction function (--xla).
+    """
     names = class_names(num_classes)
     predict_fn = make_predict_fn(model, xla)  # a tf.function: see utils/core/perf_env.py
     results = []
