@@ -107,9 +107,12 @@ def squeeze_excitation(x, f, ratio, name):
     channels = x.shape[f.channel_axis]
     gate_shape = (1, 1, channels) if f.data_format == "channels_last" else (channels, 1, 1)
     s = keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name=f"{name}_pool")(x)
-    s = f.dense(channels // ratio, name=f"{name}_reduce")(s)
+    # As the original: variance_scaling_initializer() defaults, whatever --weight_init.
+    se_init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
+    s = f.dense(channels // ratio, name=f"{name}_reduce", kernel_initializer=se_init)(s)
     s = keras.layers.ReLU(name=f"{name}_relu")(s)
-    s = f.dense(channels, name=f"{name}_expand")(s)
+    se_init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
+    s = f.dense(channels, name=f"{name}_expand", kernel_initializer=se_init)(s)
     s = keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(s)
     s = keras.layers.Reshape(gate_shape, name=f"{name}_gate")(s)
     return keras.layers.Multiply(name=f"{name}_scale")([x, s])

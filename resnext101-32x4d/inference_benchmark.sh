@@ -53,8 +53,8 @@ run() {
             failed=1
             echo "$run_name: FAILED (exit status $status), see $results/$run_name.log"
         else
-            echo "$run_name: $(rnxt_metrics "$results/$run_name/log.json" infer_throughput \
-                infer_latency_avg infer_latency_p90 infer_latency_p95 infer_latency_p99)"
+            echo "$run_name: $(rnxt_metrics "$results/$run_name/log.json" eval_throughput \
+                eval_latency_avg eval_latency_p90 eval_latency_p95 eval_latency_p99)"
         fi >>"$results/summary.txt"
     done
 }

@@ -34,15 +34,25 @@ def gpu_total_memory_mb(ordinal):
     return total.value // 2**20
 
 
-def configure_devices(dist, gpu_id, dali=False, memory_fraction=1.0):
-    """One GPU per process (local rank under Horovod, `--gpu_id` alone). Runs before any
+def configure_devices(
+    dist, gpu_id: int, dali: bool = False, memory_fraction: float = 1.0, cpu: bool = False
+) -> None:
+    """One GPU per process (local rank under Horovod, `--gpu_id` alone), or none with
+    `cpu` (--cpu: TensorFlow sees no GPU, so DALI runs on the CPU too). Runs before any
     GPU is used (Horovod is initialised but has not touched a device).
 
     TensorFlow takes GPU memory as it needs it (memory growth), except with DALI, where,
     as in the original, it may take at most `memory_fraction` (--gpu_memory_fraction) of
-    the GPU's memory so DALI's GPU decoding keeps the rest."""
+    the GPU's memory so DALI's GPU decoding keeps the rest.
+
+    Args:
+        dist: the process group. gpu_id: --gpu_id. dali: --dali.
+        memory_fraction: --gpu_memory_fraction. cpu: --cpu.
+    """
     gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
+    if cpu and gpus:
+        tf.config.set_visible_devices([], "GPU")
+    if cpu or not gpus:
         return
     if dist.size > 1:
         index = dist.local_rank
@@ -98,8 +108,15 @@ def configure_precision(amp, amp_dtype=None, static_loss_scale=-1, warn=True):
     return chosen
 
 
+SEED_NOTE = (
+    "--seed {seed}: op determinism is on, so a run can be repeated and resumed exactly; "
+    "it costs speed on GPUs (the original had no op determinism: drop --seed for speed)"
+)
+
+
 def configure_seed(seed, rank):
-    """Seeds differ per rank; with a seed, ops are deterministic so runs can be repeated."""
+    """Seeds differ per rank; with a seed, ops are deterministic so runs can be repeated
+    (SEED_NOTE says so at the start of the run)."""
     if seed is None:
         return None
     rank_seed = seed + rank

@@ -1,8 +1,9 @@
-"""SavedModel export: raw float32 pixels in, `classes` and `probabilities` out.
+"""SavedModel export with the original's signature: signatures `serving_default` and
+`predict`, input key `input` (raw float32 0..255 pixels), outputs `classes` (int32 argmax)
+and `probabilities` (float32 softmax).
 
-A model trained on DALI batches (normalised by DALI) is built without its own
-normalisation; `normalize=True` puts it in front of the model in the export, so every
-exported model takes raw 0..255 RGB pixels.
+A model trained on DALI batches (normalised by DALI) has no normalisation of its own;
+`normalize=True` puts it back in front, so every export takes raw 0..255 RGB pixels.
 
 Exports go to `export_dir/<version>` (TF Serving's layout, version = one more than the
 largest there), staged in a hidden folder of `export_dir` and renamed into place, so an
@@ -19,6 +20,7 @@ import tensorflow as tf
 from model.resnet import normalize_images
 from utils.core import fileio
 from utils.core.errors import UserError
+from utils.core.tf_compat import keras
 
 STAGING_PREFIX = ".export-tmp-"  # + host-pid-random: runtime.outputs cleans dead ones
 
@@ -31,7 +33,8 @@ class _Serving(tf.Module):
         self.serve = tf.function(
             self._serve,
             input_signature=[
-                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input_tensor")
+                # The spec's name is the signature's input key: `input`, as the original's.
+                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="input")
             ],
         )
 
@@ -40,7 +43,7 @@ class _Serving(tf.Module):
             input_tensor = normalize_images(input_tensor)
         logits = tf.cast(self.model(input_tensor, training=False), tf.float32)
         return {
-            "classes": tf.argmax(logits, axis=1),
+            "classes": tf.argmax(logits, axis=1, output_type=tf.int32),
             "probabilities": tf.nn.softmax(logits, axis=1),
         }
 
@@ -74,7 +77,7 @@ def next_version(export_dir: str) -> int:
 
 
 def export_saved_model(
-    model: tf.keras.Model, export_dir: str, image_size: int = 224, normalize: bool = False
+    model: keras.Model, export_dir: str, image_size: int = 224, normalize: bool = False
 ) -> str:
     """Write `model` as a SavedModel to `export_dir/<version>` (TF Serving's layout) and
     return that path; nothing already in `export_dir` is changed or removed.
@@ -95,7 +98,9 @@ def export_saved_model(
     try:
         os.chmod(staging, fileio.default_mode(directory=True))
         module = _Serving(model, image_size, normalize)
-        tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
+        tf.saved_model.save(
+            module, staging, signatures={"serving_default": module.serve, "predict": module.serve}
+        )
         target = os.path.join(export_dir, str(version))
         while os.path.exists(target):  # another export took this version meanwhile
             version += 1

@@ -83,15 +83,18 @@ def class_names(num_classes):
     return [get_1k_class_name(i) for i in range(1000)]
 
 
-def predict(model, paths: list, image_size: int, batch_size: int, num_classes: int) -> list:
+def predict(
+    model, paths: list, image_size: int, batch_size: int, num_classes: int, xla: bool = False
+) -> list:
     """One entry per path, in order: {"file", "top5"} or, if unreadable, {"file", "error"}.
 
     Args:
       model: the Keras model. paths: image files. image_size: crop side.
       batch_size: images per model call. num_classes: the model's outputs.
+      xla: compile the prediction function (--xla).
     """
     names = class_names(num_classes)
-    predict_fn = make_predict_fn(model, xla=False)  # a tf.function: see utils/core/perf_env.py
+    predict_fn = make_predict_fn(model, xla)  # a tf.function: see utils/core/perf_env.py
     results, pending, failed = {}, [], []
 
     def run(batch):

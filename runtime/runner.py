@@ -33,15 +33,11 @@ METRIC_UNITS = {
     "train_throughput": "img/s",
     "train_throughput_per_rank": "img/s",
     "eval_throughput": "img/s",
-    "infer_throughput": "img/s",
+    "train_compute_throughput": "img/s",
     "learning_rate": None,
     "top1_accuracy": None,
     "top5_accuracy": None,
-    **{
-        f"{kind}_latency_{stat}": "ms"
-        for kind in ("eval", "infer")
-        for stat in ("avg", "p90", "p95", "p99")
-    },
+    **{f"eval_latency_{stat}": "ms" for stat in ("avg", "p90", "p95", "p99")},
 }
 
 
@@ -55,7 +51,7 @@ def _make_optimizer(args, dist, plan, model):
         lr_init=args.lr_init,
         global_batch_size=args.batch_size * dist.size,
         steps_per_epoch=plan.steps_per_epoch,
-        total_steps=plan.total_steps,
+        total_steps=plan.decay_steps,
         lr_warmup_epochs=args.lr_warmup_epochs,
         cosine=args.cosine_lr,
     )
@@ -121,8 +117,7 @@ def _train(args, config, dist, logger, seed, benchmark=False):
                 f"rank) after the broadcast from rank 0; check {args.model_dir}"
             )
         )
-    remaining = plan.total_steps - start
-    steps = remaining if args.run_iter == -1 else min(args.run_iter, remaining)
+    steps = inputs.steps_this_run(args, plan, start)
     too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode)
     if benchmark and too_short:
         dist.fail(UserError(too_short))
@@ -149,10 +144,30 @@ def _train(args, config, dist, logger, seed, benchmark=False):
 
 
 def _evaluate(args, dist, logger, model):
+    """Score `model` and log the original's keys. The evaluation after training and a
+    plain `--mode evaluate` see every validation image once; otherwise (and always in
+    inference_benchmark) --num_iter/--iter_unit fixed-size batches, as the original."""
     with dist.agree_on_errors():
-        total = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
-        dataset = inputs.evaluation_dataset(args, dist)
-    metrics = evaluation.evaluate(model, dataset, dist, args.xla, total)
+        if inputs.counts_whole_set(args):
+            files = data_utils.list_files(args.data_dir, "validation")
+            steps, total = None, data_utils.count_records(files)
+            dataset = inputs.evaluation_dataset(args, dist)
+        else:
+            steps = total = inputs.evaluation_steps(args, dist)
+            too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode, "batches")
+            if too_short and modes.MODES[args.mode].benchmark:
+                raise UserError(too_short)
+            dataset = inputs.fixed_batches_dataset(args, dist)
+    metrics = evaluation.evaluate(
+        model,
+        dataset,
+        dist,
+        args.xla,
+        warmup_steps=args.warmup_steps,
+        steps=steps,
+        accuracy=bool(args.data_dir),
+        total=total,
+    )
     logger.log((), metrics)
     return metrics
 
@@ -200,21 +215,12 @@ def mode_training_benchmark(args, config, dist, logger, seed):
 
 
 def mode_inference_benchmark(args, config, dist, logger, seed):
-    del seed, dist
+    del seed
     model = build(config)
     if checkpoints.resolve_checkpoint(args.model_dir):
         checkpoints.restore_model_only(model, args.model_dir, config)
-    steps = args.num_iter
-    if args.data_dir and args.iter_unit == "epoch":
-        records = data_utils.count_records(data_utils.list_files(args.data_dir, "validation"))
-        steps = -(-records // args.batch_size) * args.num_iter
-    too_short = modes.benchmark_too_short(steps, args.warmup_steps, args.mode, "batches")
-    if too_short:
-        raise UserError(too_short)
-    metrics = evaluation.inference_benchmark(
-        model, inputs.inference_dataset(args), steps, args.warmup_steps, args.batch_size, args.xla
-    )
-    logger.log((), metrics)
+    _evaluate(args, dist, logger, model)
+    _export(args, dist, model)
 
 
 def mode_predict(args, config, dist, logger, seed):
@@ -222,7 +228,9 @@ def mode_predict(args, config, dist, logger, seed):
     paths = list_images(args.to_predict)
     model = build(config)
     checkpoints.restore_model_only(model, args.model_dir, config)
-    results = predict(model, paths, args.image_size, args.batch_size, args.num_classes)
+    results = predict(
+        model, paths, args.image_size, args.batch_size, args.num_classes, xla=args.xla
+    )
     print_predictions(results)
     path = write_predictions(results, args.results_dir)
     predicted = sum("top5" in r for r in results)  # unreadable images have an error entry
@@ -266,9 +274,13 @@ def run(args):
 
 
 def _run(args, dist):
+    if args.seed is not None:
+        _say(dist, environment.SEED_NOTE.format(seed=args.seed))
     with dist.agree_on_errors():
         outputs.prepare(args, dist.is_chief)  # writable outputs, model_dir lock, stale temps
-        environment.configure_devices(dist, args.gpu_id, args.dali, args.gpu_memory_fraction)
+        environment.configure_devices(
+            dist, args.gpu_id, args.dali, args.gpu_memory_fraction, cpu=args.cpu
+        )
         memory.guard(args, dist, inputs.image_size(args))
         args.amp_dtype = environment.configure_precision(
             args.amp, args.amp_dtype, args.static_loss_scale, warn=dist.is_chief

@@ -2,14 +2,12 @@
 
 One compiled step (`tf.function`, `jit_compile` with --xla) takes a batch of images and
 float32 targets; for a QAT model (--quantize) it first tells the quantizers the step. The
-loop around it logs, saves checkpoints every `CHECKPOINT_EVERY` steps and at the end, and
-stops cleanly on SIGTERM/SIGUSR1/SIGINT with a checkpoint.
-
-With several processes (Horovod) the gradients are averaged in the step, and before every
-step the ranks exchange two numbers: a stop signal and a data error. So a SIGTERM to any
-rank stops all of them after the same step (rank 0 saves the one checkpoint), and a rank
-whose input fails ends the job with its error instead of leaving the others waiting.
-Logged losses are averages over ranks; throughput is the job's (all ranks) plus each rank's.
+loop logs as the original did, saves every `CHECKPOINT_EVERY` steps and at the end, and
+stops cleanly on SIGTERM/SIGUSR1/SIGINT with a checkpoint. With several processes (Horovod) the
+gradients are averaged in the step, and before every step the ranks exchange a stop
+signal and a data error, so a SIGTERM or a failing input on any rank stops all of them
+after the same step. Logged losses are averages over ranks; throughput is the job's
+(all ranks) plus each rank's.
 """
 
 import functools
@@ -29,6 +27,7 @@ from utils.losses import cross_entropy, decayed_variables, l2_loss
 from utils.precision import loss_scaling
 
 CHECKPOINT_EVERY = 1000
+LOG_WARMUP_STEPS = 20  # the original's training hook logs from the 21st step on
 
 
 def _divergence(total_loss, step, args):
@@ -169,8 +168,10 @@ class Trainer:
         `dataset` yields (images, labels); `targets_fn(images, labels, step)` turns them into
         (images, float32 targets) for the step (inputs.make_targets_fn).
 
-        `benchmark_warmup`: in benchmark mode, time every step and leave out this many.
-        Otherwise throughput is measured from the end of the first step (compilation) on.
+        A step's time, as in the original's hooks, runs from asking for the batch to the
+        step's end, so it includes waiting for the input. `benchmark_warmup`: in benchmark
+        mode, time every step (synchronised) and leave out this many. Otherwise the first
+        `LOG_WARMUP_STEPS` steps are neither logged nor in `train_throughput`.
         """
         dist = self.dist
         start = self.step
@@ -178,9 +179,10 @@ class Trainer:
         progress = Progress(start + steps, self.global_batch, label="train", enabled=dist.is_chief)
         self._window = [time.perf_counter(), 0]  # start time, steps since the last log line
         self._warned_nan = False
-        step_times, first_step_end, stopped_by = [], None, []
+        step_times, compute_times, marks, stopped_by = [], [], {}, []
         with StopRequest() as stop:
             for i in range(steps):
+                t_ask = time.perf_counter()
                 batch, error = None, None
                 try:
                     batch = next(iterator)
@@ -197,11 +199,11 @@ class Trainer:
                     losses = self.step_fn(images, targets)
                     if benchmark_warmup is not None:
                         losses[2].numpy()
-                        step_times.append(time.perf_counter() - t0)
-                self._after_step(step, losses, last=i == steps - 1, benchmark=benchmark_warmup)
+                        step_times.append(time.perf_counter() - t_ask)
+                        compute_times.append(time.perf_counter() - t0)
+                self._after_step(step, i, losses, last=i == steps - 1, benchmark=benchmark_warmup)
                 progress.update(step)
-                if first_step_end is None:
-                    first_step_end = time.perf_counter()
+                marks.setdefault(min(i + 1, LOG_WARMUP_STEPS), time.perf_counter())
             else:
                 stopped_by = self._sync(stop, None)  # a signal during the last step
         train_end = time.perf_counter()
@@ -209,21 +211,35 @@ class Trainer:
         ran = self._finish(start, stopped_by)
         result = {"steps": ran, "stopped": bool(stopped_by)}
         if benchmark_warmup is not None:
-            measured = step_times[benchmark_warmup:]
-            if measured:
-                result.update(self._throughput(len(measured), sum(measured)))
-                result["train_step_time_median_ms"] = 1000 * float(np.median(measured))
+            result.update(self._benchmark_figures(step_times, compute_times, benchmark_warmup))
         elif ran > 1:
-            result.update(self._throughput(ran - 1, train_end - first_step_end))
+            skipped = LOG_WARMUP_STEPS if ran > LOG_WARMUP_STEPS else 1
+            result.update(self._throughput(ran - skipped, train_end - marks[skipped]))
         return result
 
-    def _after_step(self, step, losses, last, benchmark):
-        """Log every --display_every steps (and at the last step and before a save), stop
-        on a diverged loss (a benchmark only warns), save every CHECKPOINT_EVERY steps."""
+    def _benchmark_figures(self, step_times, compute_times, warmup):
+        """Whole-step throughput (input wait included) after `warmup` steps; compute-only."""
+        measured = step_times[warmup:]
+        if not measured:
+            return {}
+        result = self._throughput(len(measured), sum(measured))
+        result["train_compute_throughput"] = (
+            self.global_batch * len(measured) / sum(compute_times[warmup:])
+        )
+        result["train_step_time_median_ms"] = 1000 * float(np.median(measured))
+        return result
+
+    def _after_step(self, step, index, losses, last, benchmark):
+        """As the original: log every --display_every steps (and at the last step and
+        before a save) once this run is past its first LOG_WARMUP_STEPS steps, and the
+        losses at the end of every epoch (step [epoch]). Check for a diverged loss at those
+        points from the start (a benchmark only warns); save every CHECKPOINT_EVERY steps."""
         args, dist = self.args, self.dist
         self._window[1] += 1
         save_now = self.keeper is not None and step % CHECKPOINT_EVERY == 0
-        if step % args.display_every == 0 or last or save_now:
+        display = step % args.display_every == 0 or last or save_now
+        epoch_end = self._epoch(step) > self._epoch(step - 1)
+        if display or epoch_end:
             values = [float(v) for v in dist.mean(list(losses))]
             diverged = _divergence(values[2], step, args)
             if diverged is not None and benchmark is None:
@@ -231,10 +247,17 @@ class Trainer:
             if diverged is not None and not self._warned_nan and dist.is_chief:
                 self._warned_nan = True  # a benchmark measures speed: it goes on
                 print(f"warning: {values[2]} loss at step {step}", file=sys.stderr)
-            now = time.perf_counter()
-            img_s = self.global_batch * self._window[1] / (now - self._window[0])
-            self._window = [now, 0]
-            self._log_step(step, img_s, *values)
+            if display and index >= LOG_WARMUP_STEPS:
+                now = time.perf_counter()
+                img_s = self.global_batch * self._window[1] / (now - self._window[0])
+                self._window = [now, 0]
+                self._log_step(step, img_s, *values)
+            if epoch_end:
+                names = ("cross_entropy", "l2_loss", "total_loss")
+                data = {**dict(zip(names, values)), "learning_rate": self._lr(step)}
+                self.logger.log((self._epoch(step - 1),), data)
+        if index + 1 == LOG_WARMUP_STEPS:
+            self._window = [time.perf_counter(), 0]  # imgs_per_sec starts after them
         if save_now:
             self.keeper.save(step)
 
@@ -274,8 +297,12 @@ class Trainer:
             "train_throughput_per_rank": [images / float(s) for s in per_rank_seconds],
         }
 
+    def _lr(self, step):
+        """The learning rate step `step` (1-based) was taken with."""
+        return float(self.schedule(step - 1))
+
     def _log_step(self, step, img_s, ce, l2, total):
-        lr = float(self.schedule(step - 1))
+        lr = self._lr(step)
         data = {
             "imgs_per_sec": img_s,
             "cross_entropy": ce,

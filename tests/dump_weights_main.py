@@ -23,8 +23,8 @@ def optimizer_state(optimizer):
     return _state["variables"]
 
 
-def train(args, dist, logger, seed, benchmark=False):
-    model, result = _train(args, dist, logger, seed, benchmark)
+def train(args, config, dist, logger, seed, benchmark=False):
+    model, result = _train(args, config, dist, logger, seed, benchmark)
     directory = os.environ["RNXT_TEST_DUMP"]
     os.makedirs(directory, exist_ok=True)
     variables = model.variables + _state["variables"]

@@ -95,7 +95,7 @@ def test_bfloat16_export_takes_and_returns_float32(trained, tmp_path):
     serve = tf.saved_model.load(path).signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
     assert spec.dtype == tf.float32
-    out = serve(input_tensor=batch()[0])
+    out = serve(input=batch()[0])
     assert out["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
 

@@ -165,7 +165,7 @@ BAD_COMMAND_LINES = [
         "--num_iter",
     ),
     (["--batch_size", "8", "--mode", "evaluate"], "--data_dir"),
-    (["--batch_size", "8", "--mode", "train", "--static_loss_scale", "128"], "--amp"),
+    (["--batch_size", "8", "--mode", "train", "--amp", "--static_loss_scale", "0"], "--static"),
     (["--batch_size", "8", "--mode", "train", "--symmetric"], "--quantize"),
     (["--batch_size", "8", "--mode", "train", "--run_iter", "0"], "--run_iter"),
     (["--batch_size", "8", "--mode", "train", "--momentum", "1.5"], "--momentum"),

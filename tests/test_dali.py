@@ -385,5 +385,5 @@ def test_train_and_evaluate_with_dali_learns_and_normalizes_once(data_dir, idx_d
 
     images, labels = next(iter(data_utils.eval_dataset(data_dir, 50, 32)))
     serve = tf.saved_model.load(f"{export}/1").signatures["serving_default"]
-    exported = serve(input_tensor=images)["classes"].numpy()
+    exported = serve(input=images)["classes"].numpy()
     assert np.mean(exported == labels.numpy()) > 0.3  # raw pixels in, normalised inside

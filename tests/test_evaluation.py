@@ -3,17 +3,17 @@
 import numpy as np
 import tensorflow as tf
 
-from runtime.evaluation import _steady_batches, evaluate
+from runtime.evaluation import evaluate, timed_batches
 from utils.core.tf_compat import keras
 from utils.distributed import SingleProcess
 
 
 def test_timed_batches_leave_out_the_first_and_a_smaller_last():
-    assert _steady_batches([4, 4, 4, 2]) == [1, 2]
-    assert _steady_batches([4, 4, 4]) == [1, 2]
-    assert _steady_batches([4]) == [0]  # nothing else to time
-    assert _steady_batches([4, 2]) == [0, 1]
-    assert _steady_batches([]) == []
+    # With --warmup_steps 1 (or more than there are batches): the first batch compiles.
+    assert timed_batches([4, 4, 4, 2], 1) == [1, 2]
+    assert timed_batches([4, 4, 4], 50) == [1, 2]
+    assert timed_batches([4], 1) == [0]  # nothing else to time
+    assert timed_batches([4, 2], 1) == [0, 1]
 
 
 def test_evaluate_counts_every_image_and_matches_numpy_top_k():

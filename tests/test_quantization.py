@@ -191,7 +191,7 @@ def test_export_holds_the_quantize_ops_and_reproduces_predictions(trained, tmp_p
     # differs from any graph by float rounding, the float model's too, and a fake-quant
     # rounding flip can then move a logit by a quantization step.)
     x = images(4)
-    got = serve(input_tensor=x)
+    got = serve(input=x)
     want = tf.nn.softmax(tf.function(lambda t: model(t, training=False))(x))
     np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
     np.testing.assert_array_equal(got["classes"], np.argmax(want, axis=1))

@@ -297,8 +297,8 @@ echo "python $*"
 mkdir -p "$dir"
 {
   echo 'DLLL {"type": "LOG", "step": [], "data": {"train_throughput": 12.345}}'
-  echo 'DLLL {"type": "LOG", "step": [], "data": {"infer_throughput": 99.0,'\\
-    '"infer_latency_avg": 1.5}}'
+  echo 'DLLL {"type": "LOG", "step": [], "data": {"eval_throughput": 99.0,'\\
+    '"eval_latency_avg": 1.5}}'
 } >>"$dir/log.json"
 """
 FAKE_MPIEXEC = """#!/usr/bin/env bash
@@ -338,7 +338,7 @@ def test_benchmarks_real_mode_logs_and_summary(tmp_path, fakes):
     assert proc.returncode == 1, proc.stderr  # one run failed, the others still ran
     summary = (results / "summary.txt").read_text().splitlines()
     assert len(summary) == 1 + 8
-    assert "fp32_bs1: infer_throughput=99.00 infer_latency_avg=1.50" in summary
+    assert "fp32_bs1: eval_throughput=99.00 eval_latency_avg=1.50" in summary
     assert any(line.startswith("amp_xla_bs2: FAILED (exit status 3)") for line in summary)
     assert f"python {MAIN} " in (results / "fp32_xla_bs2.log").read_text()
 

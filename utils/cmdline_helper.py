@@ -5,6 +5,7 @@ cannot work; every problem exits through argparse with one line naming the flag.
 """
 
 import argparse
+import sys
 
 from model.config import ARCHITECTURES, DATA_FORMATS
 from utils import checks, modes
@@ -235,6 +236,7 @@ def _add_training_args(parser):
     g.add_argument(
         "--cosine_lr",
         "--use_cosine",
+        "--use_cosine_lr--cosine",  # the original's typo alias, kept for old command lines
         dest="cosine_lr",
         action="store_true",
         help="Use cosine learning rate schedule.",
@@ -264,6 +266,10 @@ def _add_optimization_args(parser):
         help="Enable Automatic Mixed Precision to speedup computation using tensor cores.",
     )
 
+    g.add_argument(
+        "--cpu", action="store_true", help="Run model on CPU instead of GPU (hides the GPUs)."
+    )
+
     g = parser.add_argument_group("Automatic Mixed Precision arguments")
     g.add_argument(
         "--static_loss_scale",
@@ -280,6 +286,8 @@ def _add_optimization_args(parser):
         help="The dtype of --amp: float16 (with loss scaling) or bfloat16 (none needed). "
         "Default: float16 on GPUs; bfloat16 on CPUs with bfloat16 instructions.",
     )
+    # The original's hidden, unused flag: accepted so its command lines still parse.
+    g.add_argument("--use_static_loss_scaling", action="store_true", help=argparse.SUPPRESS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,10 +337,17 @@ def _check_combinations(parser, args):
         parser.error(
             f"--run_iter must be -1 (run to the end) or a positive integer, got {args.run_iter}"
         )
-    if checks.loss_scale_problem(args.static_loss_scale):
-        parser.error(checks.loss_scale_problem(args.static_loss_scale))
     if args.static_loss_scale != -1 and not args.amp:
-        parser.error("--static_loss_scale only applies with --amp")
+        # The original ignored it: its command lines keep working, with a word about it.
+        if launched_rank() == 0:
+            print(
+                f"warning: --static_loss_scale {args.static_loss_scale:g} has no effect "
+                "without --amp",
+                file=sys.stderr,
+                flush=True,
+            )
+    elif checks.loss_scale_problem(args.static_loss_scale):
+        parser.error(checks.loss_scale_problem(args.static_loss_scale))
     if args.amp_dtype and not args.amp:
         parser.error(f"--amp_dtype {args.amp_dtype} only applies with --amp: add --amp")
     if args.mixup and not mode.trains:

@@ -212,9 +212,11 @@ def eval_dataset(
     shard_index=0,
     dtype=tf.float32,
     num_classes=None,
+    drop_remainder=False,
 ):
     """Finite dataset of this shard's validation images, each exactly once, centrally
-    cropped: (images [<=B, S, S, 3] `dtype` 0..255 RGB, labels int32 [<=B] 0-based).
+    cropped: (images [<=B, S, S, 3] `dtype` 0..255 RGB, labels int32 [<=B] 0-based);
+    with `drop_remainder`, full batches only (a smaller last one is left out).
 
     All validation files are read in one fixed interleaved order, the same in every
     process; the i-th record of that stream belongs to shard i % num_shards, so the shard
@@ -239,7 +241,7 @@ def eval_dataset(
     ds = decode_counting_skips(
         records, preprocess, "validation", end_index=size, num_classes=num_classes
     )
-    return _finish(ds.batch(batch_size, drop_remainder=False), dtype)
+    return _finish(ds.batch(batch_size, drop_remainder=drop_remainder), dtype)
 
 
 def synthetic_dataset(batch_size, image_size, num_classes=1000, dtype=tf.float32, seed=None):

@@ -24,11 +24,11 @@ GPU_NAME = re.compile(r"name: (?P<name>[^,]+),.*compute capability: (?P<cc>\d+\.
 TRAIN_CONFIGS = ("fp32", "fp32_xla", "amp", "amp_xla")
 INFER_CONFIGS = ("fp32", "fp32_xla", "amp", "amp_xla", "amp_xla_dali")
 INFER_KEYS = (
-    "infer_throughput",
-    "infer_latency_avg",
-    "infer_latency_p90",
-    "infer_latency_p95",
-    "infer_latency_p99",
+    "eval_throughput",
+    "eval_latency_avg",
+    "eval_latency_p90",
+    "eval_latency_p95",
+    "eval_latency_p99",
 )
 
 

@@ -210,7 +210,7 @@ for spec in "${plan[@]}"; do
             rc=$?
         if ((rc == 0)); then
             key=train_throughput
-            [[ $kind == infer ]] && key=infer_throughput
+            [[ $kind == infer ]] && key=eval_throughput
             check_rc=0
             note=$("$py" "$helper" check "$output" "$results/$name/log.json" "$key" "$min_img_s") ||
                 check_rc=$?
