@@ -1,0 +1,298 @@
+"""The `utils.hvd_utils` process interface on tf.distribute collectives instead of Horovod.
+
+MultiWorkerMirroredStrategy starts this rank's gRPC server from TF_CONFIG (bootstrap.py) and
+configures the collective executor; the collectives are then TensorFlow's own collective
+ops (`collective_ops`: ring on CPU, NCCL on GPU), called from the same custom training loop
+as Horovod's, inside or outside a tf.function, one fused all-reduce per dtype per step.
+Every rank must call them in the same order and trace its tf.functions alike (instance keys
+are given out in call order). A dead or stuck peer: the waiting rank's watchdog
+(RNXT_HOROVOD_TIMEOUT, shared with Horovod) prints one line and exits with status 1.
+"""
+
+import contextlib
+import itertools
+import re
+import sys
+import traceback
+from typing import Callable, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops import collective_ops
+
+from utils.distributed import bootstrap
+from utils.errors import UserError
+from utils.hvd_utils import EXIT_FAILED, _Watchdog, collective_timeout
+
+_GRADIENT_GROUP, _HOST_GROUP = 101, 102  # group keys; the strategy's own start at 1
+_FAILURE = re.compile(
+    r"Collective ops is aborted|[Cc]ollective|Socket closed|failed to connect|"
+    r"Connection reset|UNAVAILABLE|Deadline Exceeded|peer"
+)
+
+
+def collective_failure(error: BaseException) -> Optional[str]:
+    """The short cause of a collective that failed because a peer died or stopped, or None
+    when `error` is something else.
+
+    Args:
+        error: what a collective (or a step holding collectives) raised.
+    """
+    if not isinstance(error, tf.errors.OpError):
+        return None
+    text = str(error)
+    if not _FAILURE.search(text):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    skip = ("Graph execution error", "Detected at node", "[[", "File ", "Additional GRPC")
+    causes = [line for line in lines if not line.startswith(skip)] or [text]
+    cause = causes[0]
+    following = lines[lines.index(cause) + 1 :] if cause in lines else []
+    if cause.endswith(":") and following:  # a list of tasks comes on the next line
+        cause = f"{cause} {following[0]}"
+    cause = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", cause)
+    cause = re.sub(r"\s*\[Op:[^\]]*\].*$", "", cause)
+    return cause[:200]
+
+
+def _error_line(error: object) -> str:
+    return f"main.py: error: {error}"
+
+
+class _Tape:
+    """A GradientTape whose gradients come out averaged over the ranks."""
+
+    def __init__(self, tape: tf.GradientTape, average: Callable):
+        self._tape, self._average = tape, average
+
+    def gradient(self, target, sources, **kwargs):
+        grads = self._tape.gradient(target, sources, **kwargs)
+        if tf.nest.is_nested(sources):
+            return tf.nest.pack_sequence_as(sources, self._average(tf.nest.flatten(grads)))
+        return self._average([grads])[0]
+
+    def __getattr__(self, name):
+        return getattr(self._tape, name)
+
+
+class TfDistProcesses:
+    """tf.distribute collectives: gradients averaged, variables broadcast from rank 0."""
+
+    def __init__(self, before_start: Optional[Callable[["TfDistProcesses"], None]] = None):
+        """Joins the job: TF_CONFIG, then TensorFlow's server and collective executor.
+
+        Args:
+            before_start: called with this object (rank, size, local_rank known) before
+                TensorFlow's runtime starts: the place to pick this rank's GPU.
+        """
+        timeout = collective_timeout()
+        cluster = bootstrap.discover()
+        self.size, self.rank = cluster.size, cluster.rank
+        self.local_rank, self.local_size = cluster.local_rank, cluster.local_size
+        self.is_chief = self.rank == 0
+        self.workers = cluster.workers
+        self._watchdog = _Watchdog(timeout, self.rank)
+        if before_start is not None:
+            before_start(self)
+        gpu = bool(tf.config.get_visible_devices("GPU"))
+        kind = tf.distribute.experimental.CommunicationImplementation
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=kind.NCCL if gpu else kind.RING
+        )
+        cluster.release()  # TensorFlow's server binds the port next (no SO_REUSEPORT)
+        try:
+            with self.watch("the start of the other processes' servers"):
+                self._strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                    communication_options=options
+                )
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            raise UserError(
+                f"tf.distribute could not start: {str(error).splitlines()[0]}"
+            ) from None
+        device = "GPU:0" if gpu else "CPU:0"
+        self._device = f"/job:worker/replica:0/task:{self.rank}/device:{device}"
+        self._host = f"/job:worker/replica:0/task:{self.rank}/device:CPU:0"
+        self._hint = "nccl" if gpu else "ring"
+        self._keys = itertools.count(1)
+
+    # -- collectives (every rank calls them in the same order) --------------------------
+
+    def _all_reduce(self, tensor, op="Add", host=False):
+        final = "Div" if op == "Mean" else "Id"
+        with tf.device(self._host if host else self._device):
+            return collective_ops.all_reduce_v2(
+                tensor,
+                group_size=self.size,
+                group_key=_HOST_GROUP if host else _GRADIENT_GROUP,
+                instance_key=next(self._keys),
+                merge_op="Add",
+                final_op=final,
+                communication_hint="ring" if host else self._hint,
+            )
+
+    def _fused(self, tensors: Sequence, op: str, host=False) -> List:
+        """One all-reduce per dtype over the flattened, concatenated tensors."""
+        out: List = [None] * len(tensors)
+        by_dtype: dict = {}
+        for index, tensor in enumerate(tensors):
+            if tensor is not None:
+                by_dtype.setdefault(tf.as_dtype(tensor.dtype), []).append(index)
+        previous: list = []  # chained, so every rank launches them in one order (NCCL)
+        for dtype in sorted(by_dtype, key=lambda d: d.name):
+            indices = by_dtype[dtype]
+            parts = [tf.convert_to_tensor(tensors[i]) for i in indices]
+            flat = tf.concat([tf.reshape(part, [-1]) for part in parts], 0)
+            with tf.control_dependencies(previous):
+                reduced = self._all_reduce(flat, op, host)
+            previous = [reduced]
+            sizes = [int(np.prod(part.shape)) for part in parts]
+            for i, part, piece in zip(indices, parts, tf.split(reduced, sizes)):
+                out[i] = tf.reshape(piece, tf.shape(part))
+        return out
+
+    def gradient_tape(self, tape: tf.GradientTape):
+        """Averages gradients over ranks (still loss-scaled), inside the train step.
+
+        Args:
+            tape: the step's GradientTape.
+        """
+        return _Tape(tape, self.average_gradients)
+
+    def average_gradients(self, grads: Iterable) -> List:
+        """The ranks' mean of each gradient (None stays None).
+
+        Args:
+            grads: this rank's gradients.
+        """
+        return self._fused(list(grads), "Mean")
+
+    def broadcast_variables(self, variables: Iterable[tf.Variable]) -> None:
+        """Every rank's variables take rank 0's values.
+
+        Args:
+            variables: the same variables, in the same order, on every rank.
+        """
+        variables = list(variables)
+        if not variables:
+            return
+        with self.watch("broadcast of the initial variables from rank 0"):
+            mine = [v.read_value() if self.is_chief else tf.zeros_like(v) for v in variables]
+            for variable, value in zip(variables, self._fused(mine, "Add")):
+                variable.assign(value)
+
+    def sum(self, value) -> np.ndarray:
+        """The sum over ranks of `value` (a number or array).
+
+        Args:
+            value: this rank's value.
+        """
+        with self.watch("a sum over ranks"):
+            return self._all_reduce(tf.convert_to_tensor(value), "Add", host=True).numpy()
+
+    def mean(self, values) -> np.ndarray:
+        """The mean over ranks of `values`, as float64.
+
+        Args:
+            values: this rank's numbers.
+        """
+        with self.watch("an average over ranks"):
+            tensor = tf.constant(np.asarray(values, np.float64))
+            return self._all_reduce(tensor, "Mean", host=True).numpy()
+
+    def gather(self, value, name: str = "gather") -> np.ndarray:
+        """Every rank's `value` (a number or 1-D array): an array [size, ...].
+
+        Args:
+            value: this rank's value (the same shape on every rank).
+            name: what is gathered, for the watchdog's message.
+        """
+        value = np.asarray(value)
+        with self.watch(f"a gather over ranks ({name})"), tf.device(self._host):
+            flat = collective_ops.all_gather_v2(
+                tf.constant(value.reshape(1, -1)),
+                group_size=self.size,
+                group_key=_HOST_GROUP,
+                instance_key=next(self._keys),
+                communication_hint="ring",
+            )
+        return flat.numpy().reshape((self.size, *value.shape))
+
+    def any(self, flag) -> bool:
+        return bool(self.gather(int(bool(flag)), name="any").any())
+
+    def barrier(self) -> None:
+        with self.watch("a barrier"):
+            self._all_reduce(tf.constant(0, tf.int32), "Add", host=True).numpy()
+
+    # -- errors (the same rules as HorovodProcesses) ----------------------------------
+
+    def check(self, error: Optional[BaseException] = None) -> None:
+        """Collective: if any rank passes an error, the lowest such rank reports it and all
+        ranks exit with status 1.
+
+        Args:
+            error: this rank's error, or None.
+        """
+        failed = np.flatnonzero(self.gather(int(error is not None), name="errors"))
+        if not failed.size:
+            return
+        if self.rank == failed[0]:
+            self._report(error)
+        self._exit_together()
+
+    def fail(self, error: BaseException) -> None:
+        """Every rank has this same error: rank 0 reports it, all ranks end.
+
+        Args:
+            error: the error.
+        """
+        if self.is_chief:
+            self._report(error)
+        self._exit_together()
+
+    @contextlib.contextmanager
+    def agree_on_errors(self):
+        """A phase whose errors may differ between ranks; all meet at its end."""
+        error = None
+        try:
+            yield
+        except Exception as caught:  # reported by check()
+            error = caught
+        self.check(error)
+
+    @contextlib.contextmanager
+    def failures_as_errors(self):
+        """A collective failed because another process died or failed: one line, exit 1."""
+        try:
+            yield
+        except tf.errors.OpError as error:
+            detail = collective_failure(error)
+            if detail is None:
+                raise
+            raise UserError(
+                f"rank {self.rank}: another process of this job failed or was stopped, so "
+                f"this one stops too (TensorFlow says: {detail}); that process's messages "
+                "say why"
+            ) from None
+
+    def watch(self, what: str, factor: float = 1):
+        """Arms the watchdog for `factor` x RNXT_HOROVOD_TIMEOUT around a wait.
+
+        Args:
+            what: the wait, for the message.
+            factor: a multiple of the timeout (the first, compiling step gets more).
+        """
+        return self._watchdog.watch(what, factor)
+
+    def _report(self, error):
+        if isinstance(error, UserError):
+            prefix = f"rank {self.rank}: " if self.rank else ""
+            print(_error_line(f"{prefix}{error}"), file=sys.stderr, flush=True)
+        else:  # a bug: the whole traceback, once
+            print(f"rank {self.rank}:", file=sys.stderr)
+            traceback.print_exception(type(error), error, error.__traceback__)
+            sys.stderr.flush()
+
+    def _exit_together(self):
+        self.barrier()
+        raise SystemExit(EXIT_FAILED)
