@@ -134,7 +134,7 @@ def test_legacy_keras_switch_on_the_current_stack():
         "import tensorflow as tf, tf_keras; "
         "assert tf.keras.__name__.startswith('tf_keras'), tf.keras.__name__; "
         "assert tf.keras.layers.Dense is tf_keras.layers.Dense; "
-        "print(tf.__version__, tf.keras.__version__)"
+        "print(tf.__version__, tf_keras.__version__)"
     )
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
