@@ -85,9 +85,19 @@ if [[ $stack == classic ]] && ! tf_ok "$horovod_ok"; then
   fi
 fi
 
+if [[ $stack != classic ]]; then
+  # Every Python of this venv (pytest, mpiexec's ranks) gets Keras 2 from tf_keras as
+  # tf.keras; TF 2.15 (classic) fails on tf.keras with it set and tf_keras absent.
+  site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo 'import os; os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")' >"$site/rnxt_legacy_keras.pth"
+fi
+
 check="import tensorflow, horovod.tensorflow, nvidia.dali.plugin.tf"
-[[ $stack == classic ]] || check="import tensorflow, tf_keras, mpi4py.MPI, nvidia.dali.plugin.tf"
-if ! "$venv/bin/python" -c "$check" 2>/dev/null; then
+[[ $stack == classic ]] || check="import tensorflow as tf, tf_keras, mpi4py.MPI, nvidia.dali.plugin.tf
+assert tf.keras.__name__.startswith('tf_keras'), tf.keras.__name__"
+checker=("$venv/bin/python")  # current: without the variable, so the .pth file is checked
+[[ $stack == classic ]] || checker=(env -u TF_USE_LEGACY_KERAS "$venv/bin/python")
+if ! "${checker[@]}" -c "$check" 2>/dev/null; then
   log "the $stack stack does not import; see the messages above"
   if [[ $stack == classic ]]; then
     log "where Horovod does not build, STACK=current sets up the other stack"

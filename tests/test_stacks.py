@@ -1,13 +1,14 @@
 """The two runtime stacks: which one a Python version gets (scripts/choose_stack.py, with
 the version faked), how scripts/setup_env.sh uses that choice, and that the pins and
 pyproject.toml agree with it. Needs no TensorFlow, except the last test, which checks on
-an installed current stack that TF_USE_LEGACY_KERAS=1 makes tf.keras the tf_keras package.
+an installed current stack that tf.keras is the tf_keras package.
 """
 
 import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,10 @@ def test_pyproject_admits_both_stacks():
         assert low >= (3, 9) and high < (3, 14)
 
 
-def test_legacy_keras_switch_on_the_current_stack():
-    """With tf_keras installed, TF_USE_LEGACY_KERAS=1 makes tf.keras Keras 2 (tf_keras)."""
+@pytest.mark.parametrize("variable", ["set", "from the venv"])
+def test_legacy_keras_switch_on_the_current_stack(variable):
+    """With tf_keras installed, TF_USE_LEGACY_KERAS=1 makes tf.keras Keras 2 (tf_keras);
+    setup_env.sh's .pth file sets it for every Python of a current-stack venv."""
     probe = "import importlib.util as u, sys; sys.exit(u.find_spec('tf_keras') is None)"
     if subprocess.run([sys.executable, "-c", probe]).returncode:
         pytest.skip("tf_keras is not installed (classic stack): nothing to switch")
@@ -137,6 +140,11 @@ def test_legacy_keras_switch_on_the_current_stack():
         "print(tf.__version__, tf_keras.__version__)"
     )
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if variable != "set":
+        pth = Path(sysconfig.get_paths()["purelib"]) / "rnxt_legacy_keras.pth"
+        if not pth.exists():
+            pytest.skip("not a venv made by scripts/setup_env.sh")
+        del env["TF_USE_LEGACY_KERAS"]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[1].startswith("2."), proc.stdout
