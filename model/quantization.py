@@ -62,6 +62,7 @@ TypeError in its `QuantizeLayer`).
 """
 
 import contextlib
+import functools
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -82,6 +83,20 @@ _PACKAGE = "resnext_qat"
 # Quantize ops
 
 
+@functools.cache
+def _qdq_v4_per_channel():
+    """Whether QuantizeAndDequantizeV4 takes per-channel ranges. TensorFlow 2.21's CPU
+    kernel rejects them ("input_min must be a scalar", also with `axis`); V3 takes them."""
+    with tf.init_scope(), tf.device("/CPU:0"):
+        try:
+            tf.quantization.quantize_and_dequantize_v2(
+                tf.zeros([1, 2]), [-1.0, -1.0], [1.0, 1.0], range_given=True, axis=1
+            )
+        except tf.errors.InvalidArgumentError:
+            return False
+    return True
+
+
 def _quantize(x, min_value, max_value, symmetric, use_qdq, axis=None):
     """Fake-quantize float32 `x` to 8 bits over [min_value, max_value].
 
@@ -89,6 +104,18 @@ def _quantize(x, min_value, max_value, symmetric, use_qdq, axis=None):
     must be the last axis (ranges of shape [x.shape[-1]]).
     """
     narrow = bool(symmetric)
+    if use_qdq and axis is not None and not _qdq_v4_per_channel():
+        # The same quantize-dequantize as V4 (one kernel), num_bits given as a tensor.
+        return tf.raw_ops.QuantizeAndDequantizeV3(
+            input=x,
+            input_min=min_value,
+            input_max=max_value,
+            num_bits=tf.constant(NUM_BITS),
+            signed_input=True,
+            range_given=True,
+            narrow_range=narrow,
+            axis=axis,
+        )
     if use_qdq:
         return tf.quantization.quantize_and_dequantize_v2(
             x,

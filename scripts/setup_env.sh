@@ -59,8 +59,8 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 "${pip[@]}" "pip==26.0.1" "setuptools==75.8.0" "wheel==0.45.1"
 
 log "stage 1 ($stack stack): TensorFlow, numpy, DALI and the pure-Python dependencies"
-extra=()  # the current stack's Keras 2 and its multi-process exchange
-[[ $stack == classic ]] || extra=("$(pin tf-keras)" "$(pin mpi4py)")
+extra=()  # the current stack's Keras 2, TensorBoard (no longer a TF dependency), mpi4py
+[[ $stack == classic ]] || extra=("$(pin tf-keras)" "$(pin tensorboard)" "$(pin mpi4py)")
 tensorflow=$(pin tensorflow)
 [[ -z $tf_extra ]] || tensorflow="tensorflow[$tf_extra]==${tensorflow#tensorflow==}"
 "${pip[@]}" "$tensorflow" "$(pin numpy)" "$(pin nvidia-dali-cuda120)" \

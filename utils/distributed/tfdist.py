@@ -3,7 +3,7 @@
 MultiWorkerMirroredStrategy starts this rank's gRPC server from TF_CONFIG (bootstrap.py) and
 configures the collective executor; the collectives are then TensorFlow's own collective
 ops (`collective_ops`: ring on CPU, NCCL on GPU), called from the same custom training loop
-as Horovod's, inside or outside a tf.function, one fused all-reduce per dtype per step.
+as Horovod's, inside or outside a tf.function; gradients go in packs of RNXT_TFDIST_PACK_MB.
 Every rank must call them in the same order and trace its tf.functions alike (instance keys
 are given out in call order). A dead or stuck peer: the waiting rank's watchdog
 (RNXT_HOROVOD_TIMEOUT, shared with Horovod) prints one line and exits with status 1.
@@ -11,6 +11,7 @@ are given out in call order). A dead or stuck peer: the waiting rank's watchdog
 
 import contextlib
 import itertools
+import os
 import re
 import sys
 import traceback
@@ -25,6 +26,7 @@ from utils.errors import UserError
 from utils.hvd_utils import EXIT_FAILED, _Watchdog, collective_timeout
 
 _GRADIENT_GROUP, _HOST_GROUP = 101, 102  # group keys; the strategy's own start at 1
+PACK_BYTES = int(float(os.environ.get("RNXT_TFDIST_PACK_MB", "4")) * 2**20)
 _FAILURE = re.compile(
     r"Collective ops is aborted|[Cc]ollective|Socket closed|failed to connect|"
     r"Connection reset|UNAVAILABLE|Deadline Exceeded|peer"
@@ -131,20 +133,32 @@ class TfDistProcesses:
             )
 
     def _fused(self, tensors: Sequence, op: str, host=False) -> List:
-        """One all-reduce per dtype over the flattened, concatenated tensors."""
+        """All-reduces `tensors` in packs: the tensors of one dtype, in order, flattened and
+        concatenated up to PACK_BYTES (a larger tensor is a pack of its own). On GPU the
+        packs are chained so every rank launches them in one order (NCCL needs it); on CPU
+        they run concurrently (the ring's transfers overlap)."""
         out: List = [None] * len(tensors)
-        by_dtype: dict = {}
+        packs: list = []
+        open_packs: dict = {}  # dtype -> (indices, bytes) of the pack being filled
         for index, tensor in enumerate(tensors):
-            if tensor is not None:
-                by_dtype.setdefault(tf.as_dtype(tensor.dtype), []).append(index)
-        previous: list = []  # chained, so every rank launches them in one order (NCCL)
-        for dtype in sorted(by_dtype, key=lambda d: d.name):
-            indices = by_dtype[dtype]
+            if tensor is None:
+                continue
+            dtype = tf.as_dtype(tensor.dtype)
+            nbytes = int(np.prod(tensor.shape)) * dtype.size
+            indices, size = open_packs.get(dtype, (None, 0))
+            if indices is None or size + nbytes > PACK_BYTES:
+                indices, size = [], 0
+                packs.append(indices)
+            indices.append(index)
+            open_packs[dtype] = (indices, size + nbytes)
+        previous: list = []
+        chain = self._hint == "nccl" and not host
+        for indices in packs:
             parts = [tf.convert_to_tensor(tensors[i]) for i in indices]
             flat = tf.concat([tf.reshape(part, [-1]) for part in parts], 0)
             with tf.control_dependencies(previous):
                 reduced = self._all_reduce(flat, op, host)
-            previous = [reduced]
+            previous = [reduced] if chain else []
             sizes = [int(np.prod(part.shape)) for part in parts]
             for i, part, piece in zip(indices, parts, tf.split(reduced, sizes)):
                 out[i] = tf.reshape(piece, tf.shape(part))
