@@ -191,7 +191,8 @@ class TfDistProcesses:
             return
         with self.watch("broadcast of the initial variables from rank 0"):
             mine = [v.read_value() if self.is_chief else tf.zeros_like(v) for v in variables]
-            for variable, value in zip(variables, self._fused(mine, "Add")):
+            # On the host ring, whatever the dtype (step counters are int64), once per run.
+            for variable, value in zip(variables, self._fused(mine, "Add", host=True)):
                 variable.assign(value)
 
     def sum(self, value) -> np.ndarray:
