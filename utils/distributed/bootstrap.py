@@ -95,6 +95,10 @@ def job_address(hostnames: Sequence[str], hostname: str) -> str:
     """The address this rank's server is reached at: loopback on a one-host job, else
     RNXT_DIST_ADDRESS or the first non-loopback address `hostname` resolves to.
 
+    TensorFlow's gRPC server itself has no bind-address setting: it listens on every
+    interface ([::]:port, seen with `ss -ltn` on TF 2.21) whatever TF_CONFIG says. This
+    address only decides where the peers connect; a firewall must keep the port private.
+
     Args:
         hostnames: every rank's host name.
         hostname: this rank's host name.
