@@ -1,5 +1,13 @@
-# Entry points. Every target sets up .venv first (idempotent, seconds when done).
-PYTHON := .venv/bin/python
+# Entry points. Every target sets up its stack's venv first (idempotent, seconds when done).
+# Stacks (scripts/choose_stack.py): classic (TensorFlow 2.15 + Horovod) in .venv where the
+# Python is 3.9-3.11, current (TensorFlow 2.21 + tf_keras, tf.distribute) in .venv there, or
+# in .venv-current beside classic; STACK=classic|current picks the one `setup`/`demo` use.
+HOST_PYTHON ?= python3
+VENV := $(or $(word 2,$(shell $(HOST_PYTHON) scripts/choose_stack.py 2>/dev/null)),.venv)
+PYTHON := $(VENV)/bin/python
+# `make test` runs the suite once per stack that runs on this Python, each in its own venv
+# with its own pytest summary (CI: both on Python 3.10/3.11, about 15 min each).
+STACKS ?= classic current
 SHELL_SCRIPTS := $(shell find scripts resnext101-32x4d utils .ci -name '*.sh' -o -name run -path '.ci/*' 2>/dev/null)
 
 .PHONY: setup demo test lint format
@@ -18,14 +26,28 @@ demo: setup
 		--cosine_lr --label_smoothing 0.1 --momentum 0.875 --weight_init fan_in \
 		--weight_decay 6.103515625e-05 --display_every 10 --seed 1 --results_dir $(DEMO_DIR)
 
+# One stack's failure does not skip the other's run; the status is non-zero if any failed.
 test: setup lint
-	$(PYTHON) -m pytest tests
+	@status=0; \
+	for stack in $(STACKS); do \
+		venv=$$(STACK=$$stack $(HOST_PYTHON) scripts/choose_stack.py 2>/dev/null | cut -d' ' -f2); \
+		if [ -z "$$venv" ]; then \
+			echo "== $$stack stack: does not run on this Python; not tested"; continue; \
+		fi; \
+		echo "== $$stack stack ($$venv): set-up, then pytest"; \
+		if STACK=$$stack VENV= ./scripts/setup_env.sh; then \
+			$$venv/bin/python -m pytest tests || status=1; \
+		else \
+			echo "== $$stack stack: set-up failed"; status=1; \
+		fi; \
+	done; \
+	exit $$status
 
 lint: setup
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-	.venv/bin/shellcheck $(SHELL_SCRIPTS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 
 format: setup
-	.venv/bin/ruff format .
-	.venv/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

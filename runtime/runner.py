@@ -260,7 +260,13 @@ def _join_processes(args):
             flush=True,
         )
         return distributed.SingleProcess()
-    return distributed.init()
+    return distributed.init(before_start=functools.partial(_configure_devices, args))
+
+
+def _configure_devices(args, dist):
+    environment.configure_devices(
+        dist, args.gpu_id, args.dali, args.gpu_memory_fraction, cpu=args.cpu
+    )
 
 
 def run(args):
@@ -278,9 +284,8 @@ def _run(args, dist):
         _say(dist, environment.SEED_NOTE.format(seed=args.seed))
     with dist.agree_on_errors():
         outputs.prepare(args, dist.is_chief)  # writable outputs, model_dir lock, stale temps
-        environment.configure_devices(
-            dist, args.gpu_id, args.dali, args.gpu_memory_fraction, cpu=args.cpu
-        )
+        if not dist.devices_ready:  # tf.distribute picks them before TensorFlow starts
+            _configure_devices(args, dist)
         memory.guard(args, dist, inputs.image_size(args))
         args.amp_dtype = environment.configure_precision(
             args.amp, args.amp_dtype, args.static_loss_scale, warn=dist.is_chief

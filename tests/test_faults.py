@@ -25,6 +25,7 @@ from runtime.export import export_saved_model
 from tests.support import REPO, run_main
 from utils.cmdline_helper import parse_cmdline
 from utils.core.errors import UserError
+from utils.core.tf_compat import keras
 from utils.distributed import SingleProcess
 
 SMALL = ["--arch", "resnet50", "--synthetic_data_size", "32", "--num_classes", "10"]
@@ -33,10 +34,10 @@ CONFIG = ModelConfig(arch="resnet50", num_classes=10)
 
 
 def _tiny_model():
-    inputs = tf.keras.Input((32, 32, 3))
-    x = tf.keras.layers.Conv2D(4, 3)(inputs)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    return tf.keras.Model(inputs, tf.keras.layers.Dense(10)(x))
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
 
 
 def _error_line(proc):
@@ -131,7 +132,7 @@ def test_resume_without_state_file_and_cleanup_of_killed_save(trained, tmp_path)
 
 def test_save_never_overwrites_a_checkpoint_it_did_not_write(tmp_path):
     model = _tiny_model()
-    optimizer = tf.keras.optimizers.SGD()
+    optimizer = keras.optimizers.SGD()
     keeper = checkpoints.CheckpointKeeper(str(tmp_path), model, optimizer, CONFIG)
     keeper.save(5)
     other = checkpoints.CheckpointKeeper(str(tmp_path), model, optimizer, CONFIG)
@@ -142,7 +143,7 @@ def test_save_never_overwrites_a_checkpoint_it_did_not_write(tmp_path):
 
 def test_a_signal_during_a_save_is_handled_after_it(tmp_path, monkeypatch):
     keeper = checkpoints.CheckpointKeeper(
-        str(tmp_path), _tiny_model(), tf.keras.optimizers.SGD(), CONFIG
+        str(tmp_path), _tiny_model(), keras.optimizers.SGD(), CONFIG
     )
     real_save, seen = keeper.manager.save, []
 
@@ -214,7 +215,7 @@ def test_log_file_in_a_subfolder_and_a_read_only_results_dir(tmp_path):
 
 def test_failed_save_names_the_good_checkpoint(tmp_path, monkeypatch):
     keeper = checkpoints.CheckpointKeeper(
-        str(tmp_path), _tiny_model(), tf.keras.optimizers.SGD(), CONFIG
+        str(tmp_path), _tiny_model(), keras.optimizers.SGD(), CONFIG
     )
     keeper.save(1)
 

@@ -5,6 +5,8 @@ Pure functions of tensors, used by the quantizers in `model.quantization.quantiz
 
 import tensorflow as tf
 
+from utils.core import tf_compat
+
 NUM_BITS = 8
 _EPS = 1e-8  # smallest quantization range, so an all-zero tensor or channel stays finite
 
@@ -17,16 +19,7 @@ def quantize(x, min_value, max_value, symmetric, use_qdq, axis=None):
     """
     narrow = bool(symmetric)  # symmetric: the 255-level grid -127..127
     if use_qdq:
-        return tf.quantization.quantize_and_dequantize_v2(
-            x,
-            min_value,
-            max_value,
-            signed_input=True,
-            num_bits=NUM_BITS,
-            range_given=True,
-            narrow_range=narrow,
-            axis=axis,
-        )
+        return tf_compat.quantize_and_dequantize(x, min_value, max_value, NUM_BITS, narrow, axis)
     if axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, min_value, max_value, num_bits=NUM_BITS, narrow_range=narrow

@@ -6,6 +6,7 @@ through one function here, with the versions it was checked against; tests/test_
 exercises each of them on the installed stack.
 """
 
+import functools
 import importlib.util
 import os
 
@@ -50,3 +51,43 @@ def is_functional(model) -> bool:
     """Whether `model` is a functional Keras model (layers on a graph of inputs), which
     `clone_model` can rebuild layer by layer. Checked on Keras 2.15 (and tf_keras)."""
     return bool(getattr(model, "_is_graph_network", False))
+
+
+@functools.cache
+def _qdq_takes_per_channel_ranges() -> bool:
+    """Whether QuantizeAndDequantizeV4 takes per-channel ranges: TensorFlow 2.15's does,
+    2.21's CPU kernel rejects them ("input_min must be a scalar", also with `axis`)."""
+    with tf.init_scope(), tf.device("/CPU:0"):
+        try:
+            tf.quantization.quantize_and_dequantize_v2(
+                tf.zeros([1, 2]), [-1.0, -1.0], [1.0, 1.0], range_given=True, axis=1
+            )
+        except tf.errors.InvalidArgumentError:
+            return False
+    return True
+
+
+def quantize_and_dequantize(x, min_value, max_value, num_bits: int, narrow_range: bool, axis=None):
+    """Signed QDQ of `x` over given ranges (per tensor, or per slice along `axis`): the V4
+    op, or V3 (the same math) where V4 refuses per-channel ranges. Checked on TF 2.15/2.21."""
+    if axis is not None and not _qdq_takes_per_channel_ranges():
+        return tf.raw_ops.QuantizeAndDequantizeV3(
+            input=x,
+            input_min=min_value,
+            input_max=max_value,
+            num_bits=tf.constant(num_bits),
+            signed_input=True,
+            range_given=True,
+            narrow_range=narrow_range,
+            axis=axis,
+        )
+    return tf.quantization.quantize_and_dequantize_v2(
+        x,
+        min_value,
+        max_value,
+        signed_input=True,
+        num_bits=num_bits,
+        range_given=True,
+        narrow_range=narrow_range,
+        axis=axis,
+    )

@@ -27,6 +27,7 @@ class SingleProcess:
     local_rank = 0
     local_size = 1
     is_chief = True
+    devices_ready = False  # True once the engine picked this process's devices
 
     def gradient_tape(self, tape):
         """`tape`, wrapped so its gradients come out averaged over ranks.
