@@ -1,4 +1,5 @@
-"""Two-process data parallelism with Horovod on CPU, under mpiexec and under horovodrun (Gloo).
+"""Two-process data parallelism on CPU: Horovod under mpiexec and horovodrun (Gloo), and
+the tf.distribute engine under mpiexec ("tfdist", the current stack).
 
 Each launcher runs three jobs, shared by the tests below to stay within a few minutes:
 - `worker_job`: this file as a script under the launcher. Each rank trains a tiny model on
@@ -30,10 +31,13 @@ VENV_BIN = Path(sys.executable).parent
 SMALL = ["--image_size", "32", "--num_classes", "10"]
 # CPU-only, as root in a container: mpiexec needs --allow-run-as-root, and --bind-to none
 # (its default binds each of 2 processes to one core, about 4x slower here).
-LAUNCHERS = {
-    "mpiexec": ["mpiexec", "--allow-run-as-root", "--bind-to", "none", "-np", "2"],
+MPIEXEC = ["mpiexec", "--allow-run-as-root", "--bind-to", "none", "-np", "2"]
+LAUNCHERS = {  # "tfdist": mpiexec with the tf.distribute engine instead of Horovod
+    "mpiexec": MPIEXEC,
     "horovodrun": [str(VENV_BIN / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2"],
+    "tfdist": MPIEXEC,
 }
+ENGINES = {"mpiexec": "horovod", "horovodrun": "horovod", "tfdist": "tfdist"}
 
 
 # How rank 1 is lost in `worker_job`: SIGKILL makes Horovod fail rank 0's next collective
@@ -47,10 +51,11 @@ def _launcher(name):
     command = LAUNCHERS[name]
     if shutil.which(command[0]) is None:
         pytest.skip(f"{command[0]} is not installed")
+    module = {"horovod": "horovod.tensorflow", "tfdist": "mpi4py"}[ENGINES[name]]
     try:
-        import horovod.tensorflow  # noqa: F401
+        __import__(module)
     except ImportError:
-        pytest.skip("horovod is not installed")
+        pytest.skip(f"{module.split('.')[0]} is not installed ({name} needs it)")
     return command
 
 
@@ -63,6 +68,7 @@ def _env(tag=None, **extra):
 
 def _launch(name, argv, env, timeout=600):
     command = [*_launcher(name), sys.executable, *argv]
+    env = {**env, "RNXT_DIST_BACKEND": ENGINES[name]}
     proc = subprocess.run(
         command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
     )
@@ -155,6 +161,8 @@ def launcher(request):
 
 @pytest.fixture(scope="module")
 def worker_job(launcher):
+    if ENGINES[launcher] != "horovod":
+        pytest.skip("the engine-level checks of tf.distribute are in tests/test_tfdist.py")
     argv = ["-m", "tests.test_horovod", "worker", LOST_RANK[launcher]]
     env = _env(RNXT_HOROVOD_TIMEOUT=str(WATCHDOG_SECONDS))
     started = time.time()
@@ -182,7 +190,7 @@ def stopped_run(launcher, sample_data, tmp_path_factory):
         *_launcher(launcher), sys.executable, *_common_argv(sample_data, results),
         "--mode", "train",
     ]  # fmt: skip
-    env = _env(tag, RNXT_TEST_DUMP=str(dump))
+    env = {**_env(tag, RNXT_TEST_DUMP=str(dump)), "RNXT_DIST_BACKEND": ENGINES[launcher]}
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
     )
@@ -287,12 +295,13 @@ def test_distributed_evaluation_equals_single_process_evaluation(resumed_run, sa
     assert logged(records, "top5_accuracy")[-1] == single["top5_accuracy"]
 
 
-def test_a_user_error_under_mpiexec_is_one_line_and_fails_the_job(tmp_path):
+@pytest.mark.parametrize("name", ["mpiexec", "tfdist"])
+def test_a_user_error_under_mpiexec_is_one_line_and_fails_the_job(tmp_path, name):
     argv = [
         str(REPO / "main.py"), "--mode", "train", "--data_dir", str(tmp_path / "missing"),
         "--batch_size", "4", "--results_dir", str(tmp_path), *SMALL,
     ]  # fmt: skip
-    proc = _launch("mpiexec", argv, _env(), timeout=300)
+    proc = _launch(name, argv, _env(), timeout=300)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if "main.py: error:" in line]
     assert len(lines) == 1 and "missing" in lines[0], proc.stderr
