@@ -73,7 +73,8 @@ def run_once(python, mode, args):
             "--results_dir", results,
         ]  # fmt: skip
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        env.pop("RNXT_DIST_BACKEND", None)
+        for name in ("RNXT_DIST_BACKEND", "TF_USE_LEGACY_KERAS"):  # each stack sets its own
+            env.pop(name, None)
         t0 = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
         seconds = time.perf_counter() - t0

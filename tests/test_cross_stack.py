@@ -60,7 +60,10 @@ def other():
 
 def _main(python, *argv):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("RNXT_DIST_BACKEND", None)
+    # Set in this process by utils.core.tf_compat on current; the classic venv (no
+    # tf_keras) cannot import Keras with it, and each stack's main.py sets its own.
+    for name in ("RNXT_DIST_BACKEND", "TF_USE_LEGACY_KERAS"):
+        env.pop(name, None)
     command = [str(python), str(REPO / "main.py"), *map(str, argv)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert proc.returncode == 0, f"{python} main.py failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
