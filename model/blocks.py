@@ -80,10 +80,10 @@ class LayerFactory:
             axis=self.channel_axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
         )
 
-    def dense(self, units, name):
+    def dense(self, units, name, kernel_initializer=None):
         return keras.layers.Dense(
             units,
-            kernel_initializer=self.initializer(),
+            kernel_initializer=kernel_initializer or self.initializer(),
             bias_initializer="zeros",
             name=name,
         )

@@ -287,7 +287,13 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
-    assert "second Ctrl-C" in err or "training stopped by SIGINT" in out, (out, err)
+    # The second Ctrl-C lands in the step (exit without saving) or, if the loop has already
+    # stopped, during the final save or after it (one line once the save is written).
+    assert (
+        "second Ctrl-C" in err
+        or "training stopped by SIGINT" in out
+        or "stopped by SIGINT outside training" in err
+    ), (out, err)
     assert "Traceback" not in err
 
 
