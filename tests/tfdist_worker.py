@@ -58,7 +58,6 @@ def main(scenario, out_dir):
         arrays["sum"] = dist.sum(np.array([dist.rank + 1, 10], np.int64))
         arrays["mean"] = dist.mean([dist.rank, 2.0])
         arrays["gather"] = dist.gather([dist.rank, 7 * dist.rank], name="pair")
-        arrays["any"] = np.array([dist.any(dist.rank == 1), dist.any(False)])
         dist.barrier()
         np.savez(os.path.join(out_dir, f"rank{dist.rank}.npz"), **arrays)
         print(f"rank {dist.rank} done", flush=True)
