@@ -10,7 +10,6 @@ sidecar's `padding` ("symmetric" for imported PyTorch weights) comes from the ch
 """
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -56,19 +55,15 @@ def write_model_config(directory: str, config: ModelConfig) -> None:
 
 def _read_config(directory):
     path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-    except (ValueError, UnicodeDecodeError) as error:
+        return fileio.read_json_object(path)
+    except ValueError as error:
         raise UserError(
-            f"{path} is corrupt ({str(error)[:80]}): restore it, or move it away to skip the "
+            f"{path} is corrupt ({error}): restore it, or move it away to skip the "
             "architecture check"
         ) from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{path} is corrupt (not a JSON object): restore it or move it away")
-    return saved
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror}): fix its permissions") from None
 
 
 def _restore(checkpoint, prefix, problem):

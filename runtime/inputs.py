@@ -16,6 +16,7 @@ import tensorflow as tf
 from utils import data_utils
 from utils.core.errors import UserError, tf_error_message
 from utils.losses import mixup, smoothed_one_hot
+from utils.modes import MODES
 
 
 @dataclass
@@ -141,10 +142,10 @@ def counts_whole_set(args: argparse.Namespace) -> bool:
     Args:
         args: the parsed command line (mode, iter_unit, num_iter).
     """
-    mode = args.mode
-    if mode in ("train", "train_and_evaluate"):
-        return True
-    return mode == "evaluate" and args.iter_unit == "epoch" and args.num_iter == 1
+    mode = MODES[args.mode]
+    if mode.trains:
+        return not mode.benchmark
+    return mode.evaluates and args.iter_unit == "epoch" and args.num_iter == 1
 
 
 def evaluation_steps(args: argparse.Namespace, dist) -> int:

@@ -33,6 +33,20 @@ def test_new_files_follow_the_umask_not_mkstemps_0600(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o640
 
 
+def test_read_json_object_names_what_is_wrong(tmp_path):
+    path = tmp_path / "c.json"
+    assert fileio.read_json_object(str(path)) is None
+    fileio.write_json(str(path), {"arch": "resnet50"})
+    assert fileio.read_json_object(str(path)) == {"arch": "resnet50"}
+    for content, reason in [(b'{"arch": "res', "Unterminated"), (b"[1]", "not a JSON object")]:
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=reason):
+            fileio.read_json_object(str(path))
+    path.write_bytes(b'{"\xff": 1}')
+    with pytest.raises(ValueError, match="UTF-8"):
+        fileio.read_json_object(str(path))
+
+
 def _records(payloads):
     import struct
 
@@ -112,3 +126,16 @@ def test_tf_error_message_is_one_short_line():
     error = ValueError("{{function_node __inference_f_12}} bad thing [Op:Foo] more\nsecond")
     assert tf_error_message(error) == "bad thing"
     assert len(tf_error_message(ValueError("x" * 999), limit=50)) == 50
+
+
+def test_whole_set_scored_once_after_training_and_by_plain_evaluate():
+    from runtime.inputs import counts_whole_set
+
+    def whole(*argv):
+        return counts_whole_set(parse_cmdline(["--data_dir", "d", "--batch_size", "8", *argv]))
+
+    assert whole("--mode", "train_and_evaluate") and whole("--mode", "evaluate")
+    assert not whole("--mode", "evaluate", "--iter_unit", "batch", "--num_iter", "5")
+    assert not whole("--mode", "evaluate", "--num_iter", "2")
+    assert not whole("--mode", "inference_benchmark", "--num_iter", "60")
+    assert not whole("--mode", "training_benchmark", "--num_iter", "60")

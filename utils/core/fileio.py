@@ -59,3 +59,24 @@ def write_json(path: str, data: Any) -> None:
     with atomic_write(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def read_json_object(path: str) -> dict | None:
+    """The JSON object stored at `path`, or None when there is no such file.
+
+    Raises:
+      ValueError: the file is not UTF-8 JSON holding an object (the message says which).
+      OSError: the file exists but cannot be read.
+    """
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except UnicodeDecodeError:
+            raise ValueError("not UTF-8 text") from None
+        except ValueError as error:
+            raise ValueError(str(error)[:80]) from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data

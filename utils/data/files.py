@@ -6,7 +6,6 @@ without reading payloads, and are cached in `.record_counts.json` beside the dat
 """
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -181,10 +180,8 @@ def _count_file(path):
 
 def _read_json(path):
     try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        return fileio.read_json_object(path) or {}
+    except (OSError, ValueError):  # a damaged cache is only a cache: count again
         return {}
 
 
