@@ -70,8 +70,13 @@ class ModelConfig:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
 
     @classmethod
-    def from_args(cls, args) -> "ModelConfig":
-        """The model the command line `args` asks for."""
+    def from_args(cls, args, padding: str = "tf") -> "ModelConfig":
+        """The model the command line `args` asks for.
+
+        Args:
+            args: the parsed command line.
+            padding: the padding of the checkpoint the run starts from (not a flag).
+        """
         return cls(
             arch=args.arch,
             num_classes=args.num_classes,
@@ -83,6 +88,7 @@ class ModelConfig:
             weight_init=args.weight_init,
             normalize_input=not args.dali,  # DALI delivers normalised images
             quant_delay=args.quant_delay,
+            padding=padding,
         )
 
     def saved(self) -> Dict[str, Any]:

@@ -10,7 +10,6 @@ on any rank ends the whole job with one line. `inference_benchmark` and `predict
 rank 0 alone; the other processes exit at once, without starting Horovod.
 """
 
-import dataclasses
 import functools
 import sys
 
@@ -296,9 +295,7 @@ def _run(args, dist):
         logger.log_parameters({**vars(args), "num_processes": dist.size})
         for metric, unit in METRIC_UNITS.items():
             logger.metadata(metric, {"unit": unit} if unit else {})
-        config = dataclasses.replace(
-            ModelConfig.from_args(args), padding=checkpoints.recorded_padding(args)
-        )
+        config = ModelConfig.from_args(args, padding=checkpoints.recorded_padding(args))
         RUNNERS[args.mode](args, config, dist, logger, seed)
     finally:
         logger.close()
