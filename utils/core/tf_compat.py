@@ -10,17 +10,33 @@ import functools
 import importlib.util
 import os
 
-# TensorFlow 2.16+ picks its Keras once, at first use: ask for the legacy Keras 2 package
-# (so TFMOT and DALI's plugin see the same Keras), unless the user chose otherwise.
+from utils.core.errors import UserError
+
+_LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
+
+# TensorFlow picks tf.keras at its first use from TF_USE_LEGACY_KERAS. Where tf_keras is
+# installed (2.16+), ask for it, so TFMOT and DALI's plugin see the Keras 2 this program
+# builds with. Without tf_keras the switch only breaks tf.keras (TF 2.15 would look for the
+# absent package, though its tf.keras is Keras 2 already), so a value inherited from a
+# shell set up for another venv is dropped.
 if importlib.util.find_spec("tf_keras") is not None:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault(_LEGACY_KERAS, "1")
+elif os.environ.get(_LEGACY_KERAS) in ("true", "True", "1"):
+    del os.environ[_LEGACY_KERAS]
 
 import tensorflow as tf  # noqa: E402
 
 TF_VERSION = tuple(int(part) for part in tf.__version__.split(".")[:2])
 
 if TF_VERSION >= (2, 16):
-    import tf_keras as keras  # noqa: F401  (the Keras 2 API)
+    try:
+        import tf_keras as keras  # noqa: F401  (the Keras 2 API)
+    except ImportError:
+        raise UserError(
+            f"TensorFlow {tf.__version__} needs the tf_keras package (Keras 2): "
+            f"pip install 'tf_keras~={tf.__version__.rsplit('.', 1)[0]}.0', "
+            "or make the venv with scripts/setup_env.sh"
+        ) from None
 else:
     keras = tf.keras
 
