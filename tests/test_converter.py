@@ -332,6 +332,16 @@ def test_existing_output_needs_overwrite(tmp_path):
         ),
         (
             "tree",
+            ["--validation_dir", "{tmp}/val", "--validation_labels", "{tmp}/list.json"],
+            "--validation_labels '{tmp}/list.json': cannot read JSON (not a JSON object)",
+        ),
+        (
+            "tree",
+            ["--validation_dir", "{tmp}/val", "--validation_labels", "{tmp}/none.json"],
+            "--validation_labels '{tmp}/none.json': no such file",
+        ),
+        (
+            "tree",
             ["--train_dir", "{tmp}/train", "--bounding_boxes", "{tmp}/short.txt"],
             "line 1: expected '<file name>,xmin,ymin,xmax,ymax'",
         ),
@@ -342,6 +352,7 @@ def test_user_errors(tmp_path, setup, args, message):
         make_tree(tmp_path, per_class=1)
         (tmp_path / "short.txt").write_text("n001\n")
         (tmp_path / "unknown.txt").write_text("n001\nn002\nn999\n")
+        (tmp_path / "list.json").write_text("[1, 2]")
     args = [a.format(tmp=tmp_path) for a in args]
     with pytest.raises(UserError) as raised:
         convert([*args, "--output_dir", tmp_path / "out"])

@@ -38,7 +38,9 @@ def test_read_json_object_names_what_is_wrong(tmp_path):
     assert fileio.read_json_object(str(path)) is None
     fileio.write_json(str(path), {"arch": "resnet50"})
     assert fileio.read_json_object(str(path)) == {"arch": "resnet50"}
-    for content, reason in [(b'{"arch": "res', "Unterminated"), (b"[1]", "not a JSON object")]:
+    cases = [(b'{"arch": "res', "Unterminated"), (b"[1]", "not a JSON object")]
+    cases.append((b"[" * 100_000, "nested too deeply"))
+    for content, reason in cases:
         path.write_bytes(content)
         with pytest.raises(ValueError, match=reason):
             fileio.read_json_object(str(path))

@@ -322,10 +322,43 @@ def write_pth(path, obj, data_pkl=None):
         archive.writestr(f"{name}/version", "3\n")
 
 
-def write_safetensors(path, sd):
+def write_safetensors(path, sd, bfloat16=False):
+    """With the safetensors package (an independent writer). `bfloat16` stores the top
+    half of each float32, written here (the package writes bf16 only from torch) and
+    checked by the package's parser."""
+    from safetensors import deserialize
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(path))
+    if not bfloat16:
+        return save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(path))
+    header, blobs, offset = {}, [], 0
+    for key, value in sd.items():
+        value = np.ascontiguousarray(value)
+        if value.dtype == np.float32:
+            dtype, blob = "BF16", (value.view(np.uint32) >> 16).astype("<u2").tobytes()
+        else:
+            dtype, blob = "I64", value.astype("<i8").tobytes()
+        header[key] = {
+            "dtype": dtype,
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    data = len(text).to_bytes(8, "little") + text + b"".join(blobs)
+    parsed = dict(deserialize(data))
+    assert {k: v["dtype"] for k, v in parsed.items()} == {k: v["dtype"] for k, v in header.items()}
+    Path(path).write_bytes(data)
+
+
+def to_bfloat16(sd):
+    """`sd` with each float32 cut to its bfloat16 top half (as float32)."""
+    return {
+        k: (v.view(np.uint32) & 0xFFFF0000).view(np.float32) if v.dtype == np.float32 else v
+        for k, v in sd.items()
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -539,6 +572,37 @@ def test_leftover_missing_wrong_arch_and_full_output_are_one_line_errors(
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert [line for line in proc.stderr.splitlines() if "import_weights:" in line] == [err]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dirs left
+
+
+def test_bfloat16_safetensors_import_as_their_float32_values(tmp_path, resnet50_sd, images):
+    rounded = to_bfloat16(resnet50_sd)
+    assert any(not np.array_equal(rounded[k], v) for k, v in resnet50_sd.items())
+    write_safetensors(tmp_path / "bf16.safetensors", resnet50_sd, bfloat16=True)
+    write_safetensors(tmp_path / "f32.safetensors", rounded)
+    for name in ("bf16", "f32"):
+        src = tmp_path / f"{name}.safetensors"
+        assert import_cli(src, "--arch", "resnet50", "--output", tmp_path / name) == 0
+    got, _, _ = imported_logits(tmp_path / "bf16", images)
+    want, _, _ = imported_logits(tmp_path / "f32", images)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_damaged_safetensors_are_one_line_errors(tmp_path, resnet50_sd, capsys):
+    good = tmp_path / "good.safetensors"
+    write_safetensors(good, resnet50_sd)
+    data = good.read_bytes()
+    cases = {
+        "cut.safetensors": (data[: len(data) - 100], "truncated or damaged"),
+        "empty.safetensors": (b"", "bad header size"),
+        "html.safetensors": (b"<html>" + b" " * 64, "bad header size"),
+    }
+    header_size = int.from_bytes(data[:8], "little")
+    cases["json.safetensors"] = (data[:8] + b"[" * header_size + data[8 + header_size :], "JSON")
+    for name, (content, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        out = tmp_path / f"out-{name}"
+        err = _one_error(capsys, tmp_path / name, "--arch", "resnet50", "--output", out)
+        assert reason in err, err
 
 
 @pytest.fixture(scope="module")

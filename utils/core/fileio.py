@@ -77,6 +77,8 @@ def read_json_object(path: str) -> dict | None:
             raise ValueError("not UTF-8 text") from None
         except ValueError as error:
             raise ValueError(str(error)[:80]) from None
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 
+from utils.core import fileio
 from utils.core.errors import UserError, run_tool
 from utils.data import schema
 from utils.tools import shard_output
@@ -261,12 +262,11 @@ def _read_validation_labels(source, names):
         return {name: index_to_wnid[str(label)] for name, label in labels.items()}
     if source.lower().endswith(".json"):
         try:
-            with open(source) as f:
-                data = json.load(f)
+            data = fileio.read_json_object(source)
         except (OSError, ValueError) as e:
             raise UserError(f"--validation_labels {source!r}: cannot read JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"--validation_labels {source!r}: expected a JSON object")
+        if data is None:
+            raise UserError(f"--validation_labels {source!r}: no such file")
         return {name: cls if isinstance(cls, int) else str(cls) for name, cls in data.items()}
 
     lines = _read_lines(source, "--validation_labels")

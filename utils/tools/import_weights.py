@@ -202,15 +202,9 @@ def open_source(path: str) -> Source:
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file, directory or checkpoint prefix")
     if path.endswith(".safetensors"):
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise UserError("reading .safetensors needs the safetensors package") from None
-        try:
-            state = load_file(path)
-        except Exception as error:  # safetensors raises its own error types
-            raise UserError(f"cannot read {path}: {error}") from None
-        return _torch_source(path, dict(state), [])
+        from utils.tools import safetensors_reader
+
+        return _torch_source(path, safetensors_reader.load(path), [])
     if zipfile.is_zipfile(path) or path.endswith((".pth", ".pt", ".tar", ".bin")):
         from utils.tools import torch_reader
 

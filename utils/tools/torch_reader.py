@@ -34,6 +34,17 @@ STORAGE_DTYPES = {
 }
 
 
+def bfloat16_to_float32(raw: bytes, byteorder: str = "<") -> np.ndarray:
+    """Widen bfloat16 values (NumPy has no such dtype): each is the top half of a float32.
+
+    Args:
+        raw: the packed 2-byte values.
+        byteorder: "<" little-endian or ">" big-endian.
+    """
+    bits = np.frombuffer(raw, dtype=byteorder + "u2", count=len(raw) // 2).astype(np.uint32)
+    return (bits << 16).view(np.float32)
+
+
 class _StorageType:
     """Stands in for a `torch.*Storage` class named in the pickle."""
 
@@ -60,9 +71,7 @@ class _Storage:
         if self._values is None:
             raw = self.raw if self._archive is None else self._archive.read(self._entry)
             if self.dtype == "bfloat16":
-                # bfloat16 is the top half of a float32.
-                bits = np.frombuffer(raw, dtype=self._byteorder + "u2").astype(np.uint32)
-                values = (bits << 16).view(np.float32)
+                values = bfloat16_to_float32(raw, self._byteorder)
             else:
                 values = np.frombuffer(
                     raw, dtype=np.dtype(self.dtype).newbyteorder(self._byteorder)
