@@ -42,14 +42,9 @@ src_dir=$1
 dst_dir=$2
 [[ -d $src_dir ]] || { echo "error: $src_dir: no such directory" >&2; exit 1; }
 
-python=${PYTHON:-}
-if [[ -z $python ]]; then
-    if [[ -x $here/../.venv/bin/python ]]; then
-        python=$here/../.venv/bin/python
-    else
-        python=python3
-    fi
-fi
+# shellcheck source=scripts/python.sh
+source "$here/../scripts/python.sh"
+python=$(rnxt_python "$here/..")
 
 if [[ $use_tfrecord2idx -eq 0 && -f $here/tools/dali_index.py ]] && command -v "$python" >/dev/null; then
     echo "Creating DALI index files for $src_dir in $dst_dir ($jobs processes)..."

@@ -67,13 +67,9 @@ idx_dir=${2:-}
 if [[ -n $idx_dir && -z $data_dir ]]; then
     fail 2 "DALI_IDX_DIR needs DATA_DIR (DALI reads the TFRecords): $script DATA_DIR DALI_IDX_DIR"
 fi
-if [[ -n ${PYTHON:-} ]]; then
-    py=$PYTHON
-elif [[ -x $repo/.venv/bin/python ]]; then
-    py=$repo/.venv/bin/python
-else
-    py=python3
-fi
+# shellcheck source=scripts/python.sh
+source "$repo/scripts/python.sh"
+py=$(rnxt_python "$repo")
 results=${RESULTS_DIR:-$repo/results/gpu_matrix}
 results=${results%/}
 out=${OUT:-$results/gpu_matrix.md}

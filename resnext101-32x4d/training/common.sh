@@ -17,13 +17,9 @@
 RNXT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 RNXT_MAIN=$RNXT_REPO/main.py
 
-if [[ -n ${PYTHON:-} ]]; then
-    RNXT_PYTHON=$PYTHON
-elif [[ -x $RNXT_REPO/.venv/bin/python ]]; then
-    RNXT_PYTHON=$RNXT_REPO/.venv/bin/python
-else
-    RNXT_PYTHON=python3
-fi
+# shellcheck source=scripts/python.sh
+source "$RNXT_REPO/scripts/python.sh"
+RNXT_PYTHON=$(rnxt_python "$RNXT_REPO")
 
 # The launcher and its options, without -np.
 RNXT_MPI=("${MPIEXEC:-mpiexec}" --allow-run-as-root)
