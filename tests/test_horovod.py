@@ -285,6 +285,9 @@ def test_a_two_process_run_resumes_from_the_checkpoint(stopped_run, resumed_run)
     results = resumed_run["results"]
     assert f"resuming from {results}/ckpt-{step} at step {step}" in resumed_run["out"]
     assert (results / f"ckpt-{step + 2}.index").exists()
+    # The launcher's output went to a pipe: no progress redraws in it (Open MPI gives each
+    # rank a pseudo-terminal all the same).
+    assert "\r" not in resumed_run["out"], resumed_run["out"][:300]
 
 
 def test_distributed_evaluation_equals_single_process_evaluation(resumed_run, sample_data):

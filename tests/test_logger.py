@@ -10,7 +10,7 @@ import tensorflow as tf
 from tests.support import read_log
 from utils.logs import dllogger_compat
 from utils.logs.dllogger_compat import Logger, format_step, to_builtin
-from utils.logs.progress import Progress, format_duration
+from utils.logs.progress import Progress, format_duration, interactive
 
 LOG_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "step", "data"}
 METADATA_KEYS = {"timestamp", "datetime", "elapsedtime", "type", "metric", "metadata"}
@@ -119,6 +119,23 @@ class FakeClock:
 
     def __call__(self):
         return self.now
+
+
+@pytest.mark.parametrize(
+    "tty, environ, parent, expected",
+    [
+        (True, {}, None, True),
+        (False, {}, None, False),
+        (False, {"RNXT_PROGRESS": "1"}, None, True),
+        (True, {"RNXT_PROGRESS": "0"}, None, False),
+        (True, {"OMPI_COMM_WORLD_SIZE": "2"}, "/dev/pts/3", True),  # mpiexec on a terminal
+        (True, {"OMPI_COMM_WORLD_SIZE": "2"}, "pipe:[81]", False),  # mpiexec ... | tee log
+        (True, {"PMIX_RANK": "0"}, "/work/train.log", False),
+    ],
+)
+def test_interactive_under_a_launcher_follows_the_launchers_stdout(tty, environ, parent, expected):
+    stream = FakeTerminal() if tty else io.StringIO()
+    assert interactive(stream, environ=environ, parent_stdout=parent) is expected
 
 
 def test_progress_prints_nothing_when_not_a_terminal():

@@ -14,6 +14,8 @@ from datetime import datetime
 
 import numpy as np
 
+from utils.logs.progress import interactive
+
 try:
     import dllogger
 except ImportError:
@@ -164,7 +166,7 @@ class Logger:
         metrics = " ".join(format_metric(m, self._metadata.get(m, {}), v) for m, v in data.items())
         line = f"DLL {now} - {format_step(step)} {metrics}"
         # Start at column 0 over any progress line drawn with \r on a terminal.
-        prefix = "\r\x1b[K" if sys.stdout.isatty() else ""
+        prefix = "\r\x1b[K" if interactive() else ""
         print(prefix + line, flush=True)
 
 

@@ -1,11 +1,15 @@
 """A one-line progress display (steps done/total, img/s, ETA) for interactive terminals.
 
-It draws with \\r only when its stream is a TTY; otherwise it prints nothing, and the
-logger's lines are the record of non-interactive runs.
+It draws with \\r only on an interactive terminal (`interactive`); otherwise it prints
+nothing, and the logger's lines are the record of non-interactive runs.
 """
 
+import os
 import sys
 import time
+
+# Open MPI gives every rank a pseudo-terminal, even when mpiexec's own output goes to a file.
+_MPI_RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
 def format_duration(seconds):
@@ -37,7 +41,7 @@ class Progress:
         self.batch_size = batch_size
         self.label = label
         self.stream = stream if stream is not None else sys.stdout
-        self.enabled = enabled and _is_tty(self.stream)
+        self.enabled = enabled and interactive(self.stream)
         self.min_interval = min_interval
         self.clock = clock
         self._start = None
@@ -76,6 +80,29 @@ class Progress:
             self._drawn = False
 
 
-def _is_tty(stream):
+def interactive(stream=None, environ=os.environ, parent_stdout=None) -> bool:
+    """Whether `stream` (default stdout) shows on a terminal, so \\r redraws are welcome.
+
+    RNXT_PROGRESS=1 or 0 decides. Under Open MPI a rank's TTY is the launcher's
+    pseudo-terminal: then the launcher's own stdout must be a terminal too.
+
+    Args:
+        stream: the output stream.
+        environ: the environment to read (tests pass their own).
+        parent_stdout: where the launcher's stdout points (default: read from /proc).
+    """
+    forced = environ.get("RNXT_PROGRESS", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    stream = sys.stdout if stream is None else stream
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+    if not (isatty and isatty()):
+        return False
+    if not any(name in environ for name in _MPI_RANK_VARS):
+        return True
+    if parent_stdout is None:
+        try:
+            parent_stdout = os.readlink(f"/proc/{os.getppid()}/fd/1")
+        except OSError:  # not Linux, or another user's launcher: assume a log file
+            return False
+    return parent_stdout.startswith(("/dev/pts/", "/dev/tty"))
