@@ -23,6 +23,7 @@ def build(config: ModelConfig):
         use_final_conv=config.use_final_conv,
         normalize_input=config.normalize_input,
         padding=config.padding,
+        se_width=config.se_width,
     )
     if not config.quantize:
         return model

@@ -102,15 +102,17 @@ def conv_bn(x, f, filters, kernel_size, name, strides=1, groups=1, relu=True):
     return x
 
 
-def squeeze_excitation(x, f, ratio, name):
-    """Scale channels by sigmoid(dense(relu(dense(mean(x))))), the SE-Net gate."""
+def squeeze_excitation(x, f, hidden, name):
+    """Scale channels by sigmoid(dense(relu(dense(mean(x))))), the SE-Net gate, with
+    `hidden` channels between the two dense layers."""
     channels = x.shape[f.channel_axis]
     gate_shape = (1, 1, channels) if f.data_format == "channels_last" else (channels, 1, 1)
     s = keras.layers.GlobalAveragePooling2D(data_format=f.data_format, name=f"{name}_pool")(x)
     # As the original: variance_scaling_initializer() defaults, whatever --weight_init.
     se_init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
-    s = f.dense(channels // ratio, name=f"{name}_reduce", kernel_initializer=se_init)(s)
+    s = f.dense(hidden, name=f"{name}_reduce", kernel_initializer=se_init)(s)
     s = keras.layers.ReLU(name=f"{name}_relu")(s)
+    # A fresh instance: Keras repeats an unseeded initializer's values when it is reused.
     se_init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
     s = f.dense(channels, name=f"{name}_expand", kernel_initializer=se_init)(s)
     s = keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(s)
@@ -118,8 +120,9 @@ def squeeze_excitation(x, f, ratio, name):
     return keras.layers.Multiply(name=f"{name}_scale")([x, s])
 
 
-def bottleneck(x, f, width, out_channels, strides, groups, se_ratio, project, name):
-    """ResNet v1.5 bottleneck: the stride sits on the 3x3 (grouped for ResNeXt) conv.
+def bottleneck(x, f, width, out_channels, strides, groups, se_channels, project, name):
+    """ResNet v1.5 bottleneck: the stride sits on the 3x3 (grouped for ResNeXt) conv, and
+    an SE gate of `se_channels` hidden channels when that is not 0.
 
     Layer names: `{name}_1x1_reduce`, `{name}_3x3`, `{name}_1x1_expand` on the main path,
     `{name}_shortcut` for the projection, `{name}_se` for the SE gate.
@@ -132,7 +135,7 @@ def bottleneck(x, f, width, out_channels, strides, groups, se_ratio, project, na
     x = conv_bn(x, f, width, 1, name=f"{name}_1x1_reduce")
     x = conv_bn(x, f, width, 3, strides=strides, groups=groups, name=f"{name}_3x3")
     x = conv_bn(x, f, out_channels, 1, relu=False, name=f"{name}_1x1_expand")
-    if se_ratio:
-        x = squeeze_excitation(x, f, se_ratio, name=f"{name}_se")
+    if se_channels:
+        x = squeeze_excitation(x, f, se_channels, name=f"{name}_se")
     x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(x)

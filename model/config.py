@@ -51,6 +51,7 @@ class ModelConfig:
     normalize_input: bool = True  # False when the input pipeline normalises (DALI)
     quant_delay: int = 0
     padding: str = "tf"  # "symmetric": PyTorch's, for imported PyTorch weights
+    se_width: int = 0  # SE hidden channels; 0: the arch's ratio; 16: NVIDIA PyTorch's
 
     SAVED = (
         "arch",
@@ -60,22 +61,30 @@ class ModelConfig:
         "symmetric",
         "use_qdq",
         "padding",
+        "se_width",
     )
     FLAGS = ("use_final_conv", "quantize", "symmetric", "use_qdq")  # boolean flags
+    # Set by the checkpoint a run starts from (its sidecar), never by a flag: the value of
+    # a sidecar without the key (written before the option existed) and of a new model.
+    RECORDED = {"padding": "tf", "se_width": 0}
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {sorted(ARCHITECTURES)}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if not isinstance(self.se_width, int) or self.se_width < 0:
+            raise ValueError(f"se_width must be an integer >= 0, got {self.se_width!r}")
+        if self.se_width and not ARCHITECTURES[self.arch].se_ratio:
+            raise ValueError(f"se_width needs an arch with SE, not {self.arch!r}")
 
     @classmethod
-    def from_args(cls, args, padding: str = "tf") -> "ModelConfig":
+    def from_args(cls, args, **recorded: Any) -> "ModelConfig":
         """The model the command line `args` asks for.
 
         Args:
             args: the parsed command line.
-            padding: the padding of the checkpoint the run starts from (not a flag).
+            **recorded: `RECORDED` fields of the checkpoint the run starts from.
         """
         return cls(
             arch=args.arch,
@@ -88,7 +97,7 @@ class ModelConfig:
             weight_init=args.weight_init,
             normalize_input=not args.dali,  # DALI delivers normalised images
             quant_delay=args.quant_delay,
-            padding=padding,
+            **{**cls.RECORDED, **recorded},
         )
 
     def saved(self) -> Dict[str, Any]:
@@ -99,7 +108,7 @@ class ModelConfig:
         """This config with a model_config.json's fields; a sidecar without the
         quantization keys is a float model's."""
         fields = {key: False for key in ("quantize", "symmetric", "use_qdq")}
-        fields["padding"] = "tf"  # sidecars from before the padding option
+        fields.update(self.RECORDED)  # sidecars from before these options
         fields.update({key: saved[key] for key in self.SAVED if key in saved})
         return dataclasses.replace(self, **fields)
 
@@ -109,4 +118,6 @@ class ModelConfig:
         flags += [f"--{key}" for key in self.FLAGS if getattr(self, key)]
         if self.padding != "tf":
             flags.append(f"({self.padding} padding)")
+        if self.se_width:
+            flags.append(f"(SE width {self.se_width})")
         return " ".join(flags)

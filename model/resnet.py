@@ -65,6 +65,7 @@ def build_model(
     normalize_input: bool = True,
     image_size: Optional[int] = None,
     padding: str = "tf",
+    se_width: int = 0,
 ) -> keras.Model:
     """Build `arch` as a Keras model mapping [N, H, W, 3] pixels to [N, num_classes] logits.
 
@@ -80,15 +81,19 @@ def build_model(
         image_size: fixes H and W in the input signature; None accepts any size.
         padding: "tf" ('SAME', the original's) or "symmetric" (PyTorch's, for imported
             PyTorch weights); both have the same variables.
+        se_width: SE hidden channels in every block; 0: the block's channels over the
+            arch's SE ratio (the original's); NVIDIA PyTorch's SE-ResNeXt uses 16.
 
     Raises:
-        ValueError: an unknown `arch` or `data_format`.
+        ValueError: an unknown `arch` or `data_format`, or `se_width` without SE.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be NHWC or NCHW, got {data_format!r}")
     spec = ARCHITECTURES[arch]
+    if se_width and not spec.se_ratio:
+        raise ValueError(f"se_width needs an arch with SE, not {arch!r}")
     f = LayerFactory(DATA_FORMAT_NAMES[data_format], weight_init, padding)
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="input_tensor")
@@ -108,7 +113,9 @@ def build_model(
                 out_channels=width * spec.expansion,
                 strides=2 if stage > 1 and block == 0 else 1,
                 groups=spec.groups,
-                se_ratio=spec.se_ratio,
+                se_channels=(se_width or width * spec.expansion // spec.se_ratio)
+                if spec.se_ratio
+                else 0,
                 project=block == 0,
                 name=f"stage{stage}_block{block + 1}",
             )

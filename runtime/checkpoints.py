@@ -29,9 +29,10 @@ HEAD_LAYERS = ("logits_dense", "logits_conv")
 SAVE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-def recorded_padding(args) -> str:
-    """The padding of the checkpoint this run starts from: --model_dir's sidecar, else
-    --finetune_checkpoint's, else "tf" (training from scratch keeps TF padding).
+def recorded_fields(args) -> dict:
+    """The `ModelConfig.RECORDED` fields (padding, SE width) of the checkpoint this run
+    starts from: --model_dir's sidecar, else --finetune_checkpoint's, else the defaults
+    (training from scratch builds the original's model).
 
     Args:
         args: the parsed flags (`model_dir`, `finetune_checkpoint` are read if present).
@@ -39,8 +40,8 @@ def recorded_padding(args) -> str:
     for path in (getattr(args, "model_dir", None), getattr(args, "finetune_checkpoint", None)):
         saved = _read_config(_checkpoint_dir(path)) if path else None
         if saved is not None:
-            return saved.get("padding", "tf")
-    return "tf"
+            return {key: saved.get(key, value) for key, value in ModelConfig.RECORDED.items()}
+    return dict(ModelConfig.RECORDED)
 
 
 def write_model_config(directory: str, config: ModelConfig) -> None:
@@ -100,6 +101,12 @@ def check_compatible(directory: str, config: ModelConfig, flag: str = "--model_d
     if was != want:
         raise UserError(
             f"checkpoint in {directory} has {was} padding, this model {want}: use another {flag}"
+        )
+    was, want = saved.get("se_width", 0), config.se_width
+    if was != want:
+        raise UserError(
+            f"checkpoint in {directory} has SE width {was or 'by ratio'}, this model "
+            f"{want or 'by ratio'}: use another {flag}"
         )
     for key in ("arch", "num_classes"):
         if saved.get(key) != getattr(config, key):

@@ -295,7 +295,7 @@ def _run(args, dist):
         logger.log_parameters({**vars(args), "num_processes": dist.size})
         for metric, unit in METRIC_UNITS.items():
             logger.metadata(metric, {"unit": unit} if unit else {})
-        config = ModelConfig.from_args(args, padding=checkpoints.recorded_padding(args))
+        config = ModelConfig.from_args(args, **checkpoints.recorded_fields(args))
         RUNNERS[args.mode](args, config, dist, logger, seed)
     finally:
         logger.close()

@@ -102,10 +102,12 @@ def test_model_config_round_trip_and_legacy_sidecar():
         "symmetric": False,
         "use_qdq": False,
         "padding": "tf",
+        "se_width": 0,
     }
     assert config.describe() == "--arch resnext101-32x4d --num_classes 1000 --quantize"
     legacy = config.with_saved({"arch": "resnext101-32x4d", "num_classes": 10})
     assert (legacy.quantize, legacy.num_classes, legacy.data_format) == (False, 10, "NHWC")
+    assert (legacy.padding, legacy.se_width) == ("tf", 0)
     with pytest.raises(ValueError, match="unknown arch"):
         ModelConfig(arch="resnet18")
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import ARCHITECTURES, ModelConfig, build_model
+from model import ARCHITECTURES, ModelConfig, build, build_model
 from model.resnet import IMAGENET_MEAN, IMAGENET_STD
 from runtime import checkpoints
 from tests.support import REPO, run_main
@@ -226,8 +226,12 @@ def write_tf1(prefix, values):
             saver.save(sess, str(prefix), write_meta_graph=False)
 
 
-def torch_state_dict(arch, classes, rng, block_name, se_names=("se.fc1", "se.fc2"), prefix=""):
-    """A random state_dict with PyTorch ResNet key names and OIHW shapes."""
+def torch_state_dict(
+    arch, classes, rng, block_name, se_names=("se.fc1", "se.fc2"), prefix="", se_width=0
+):
+    """A random state_dict with PyTorch ResNet key names and OIHW shapes. SE gates: timm's
+    1x1 convs reducing by the arch's ratio, or with `se_width` NVIDIA's Linear layers of
+    that width."""
     spec = ARCHITECTURES[arch]
     sd = {}
 
@@ -258,11 +262,15 @@ def torch_state_dict(arch, classes, rng, block_name, se_names=("se.fc1", "se.fc2
             conv(f"{m}.conv3", out, width, 1)
             bn(f"{m}.bn3", out, last=True)
             if spec.se_ratio:
-                rd = out // spec.se_ratio
+                rd = se_width or out // spec.se_ratio
                 conv(f"{m}.{se_names[0]}", rd, out, 1)
                 sd[f"{prefix}{m}.{se_names[0]}.bias"] = _random((rd,), "bias", rng)
                 conv(f"{m}.{se_names[1]}", out, rd, 1)
                 sd[f"{prefix}{m}.{se_names[1]}.bias"] = _random((out,), "bias", rng)
+                if se_width:  # nn.Linear: [out, in]
+                    for name in se_names:
+                        weight = f"{prefix}{m}.{name}.weight"
+                        sd[weight] = sd[weight][:, :, 0, 0]
             cin = out
     sd[f"{prefix}fc.weight"] = _random((classes, cin), cin / 2, rng)
     sd[f"{prefix}fc.bias"] = _random((classes,), "bias", rng)
@@ -372,12 +380,9 @@ def import_cli(*argv):
 def imported_logits(directory, images):
     """Logits of the model that a run with --model_dir `directory` builds and restores."""
     config = json.loads((Path(directory) / checkpoints.CONFIG_FILE).read_text())
-    model = build_model(
-        config["arch"], num_classes=config["num_classes"], padding=config.get("padding", "tf")
-    )
-    checkpoints.restore_model_only(
-        model, str(directory), ModelConfig(arch=config["arch"]).with_saved(config)
-    )
+    model_config = ModelConfig(arch=config["arch"]).with_saved(config)
+    model = build(model_config)
+    checkpoints.restore_model_only(model, str(directory), model_config)
     return model(images, training=False).numpy(), config, model
 
 
@@ -487,13 +492,22 @@ TORCH_CASES = {
         ".safetensors",
         False,
     ),
+    "nvidia-seresnext101-se-width-16": (
+        "se-resnext101-32x4d",
+        _nvidia_block,
+        "",
+        ".pth",
+        True,
+        {"se_names": ("squeeze.squeeze", "squeeze.expand"), "se_width": 16},
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(TORCH_CASES))
 def test_pytorch_sources_give_pytorch_logits(case, tmp_path, images, capsys):
-    arch, block_name, prefix, suffix, wrapped = TORCH_CASES[case]
-    sd = torch_state_dict(arch, 1000, np.random.default_rng(3), block_name, prefix=prefix)
+    arch, block_name, prefix, suffix, wrapped, *se = TORCH_CASES[case]
+    se = se[0] if se else {}
+    sd = torch_state_dict(arch, 1000, np.random.default_rng(3), block_name, prefix=prefix, **se)
     path = tmp_path / f"weights{suffix}"
     if suffix == ".safetensors":
         write_safetensors(path, sd)
@@ -507,8 +521,10 @@ def test_pytorch_sources_give_pytorch_logits(case, tmp_path, images, capsys):
     assert "num_batches_tracked" in out and (not wrapped or "optimizer" in out), out
     got, config, model = imported_logits(tmp_path / "out", images)
     assert config["padding"] == "symmetric"
+    assert config["se_width"] == se.get("se_width", 0)
     sd64 = {k: v.astype(np.float64) for k, v in sd.items()}
-    want = torch_forward(sd64, arch, images, prefix, block_name)
+    se_names = se.get("se_names", ("se.fc1", "se.fc2"))
+    want = torch_forward(sd64, arch, images, prefix, block_name, se_names)
     assert_logits_close(got, want)
     if case == "timm-resnet50-pth":
         # TF 'SAME' padding would not reproduce PyTorch at even sizes; NCHW pads alike.
@@ -669,8 +685,47 @@ def test_the_sidecar_decides_the_padding_and_without_the_key_it_is_tf(tmp_path):
     config = {"arch": "resnet50", "num_classes": 10}
     (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(config))
     args = type("Args", (), {"model_dir": str(tmp_path), "finetune_checkpoint": None})()
-    assert checkpoints.recorded_padding(args) == "tf"
+    assert checkpoints.recorded_fields(args) == {"padding": "tf", "se_width": 0}
     (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps({**config, "padding": "symmetric"}))
-    assert checkpoints.recorded_padding(args) == "symmetric"
+    assert checkpoints.recorded_fields(args)["padding"] == "symmetric"
     args.model_dir = None
-    assert checkpoints.recorded_padding(args) == "tf"  # training from scratch
+    assert checkpoints.recorded_fields(args)["padding"] == "tf"  # training from scratch
+
+
+def test_the_sidecar_decides_the_se_width_of_every_mode(tmp_path):
+    from utils.cmdline_helper import parse_cmdline
+
+    sidecar = {"arch": "se-resnext101-32x4d", "num_classes": 1000, "padding": "symmetric"}
+    (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps({**sidecar, "se_width": 16}))
+    args = parse_cmdline(
+        ["--mode", "predict", "--arch", "se-resnext101-32x4d", "--num_classes", "1000"]
+        + ["--model_dir", str(tmp_path), "--to_predict", str(tmp_path), "--batch_size", "1"]
+    )
+    config = ModelConfig.from_args(args, **checkpoints.recorded_fields(args))
+    assert config.se_width == 16 and config.describe().endswith("(SE width 16)")
+    model = build(config)
+    assert model.get_layer("stage4_block1_se_reduce").kernel.shape == (2048, 16)
+    # NVIDIA PyTorch's SE-ResNeXt101: ResNeXt101's 44,177,704 + 2*C*16 + 16 + C per block.
+    assert model.count_params() - _moving_stats(model) == 44_177_704 + 1_073_424
+    with pytest.raises(ValueError, match="se_width needs an arch with SE"):
+        ModelConfig(arch="resnet50", se_width=16)
+
+
+def _moving_stats(model):
+    return sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+
+
+def test_se_gates_of_mixed_widths_are_refused_with_one_line(tmp_path, capsys):
+    se = {"se_names": ("squeeze.squeeze", "squeeze.expand"), "se_width": 16}
+    sd = torch_state_dict("se-resnext101-32x4d", 10, np.random.default_rng(5), _nvidia_block, **se)
+    for name in ("squeeze.squeeze", "squeeze.expand"):  # one block squeezes to 8 instead
+        weight, bias = (f"layers.2.5.{name}.{p}" for p in ("weight", "bias"))
+        sd[weight] = sd[weight][:8] if name == "squeeze.squeeze" else sd[weight][:, :8]
+        if name == "squeeze.squeeze":
+            sd[bias] = sd[bias][:8]
+    write_safetensors(tmp_path / "mixed.safetensors", sd)
+    err = _one_error(
+        capsys, tmp_path / "mixed.safetensors", "--arch", "se-resnext101-32x4d", "--output",
+        tmp_path / "out",
+    )  # fmt: skip
+    assert "SE gates differ in width from block to block" in err

@@ -100,15 +100,14 @@ def import_weights(
         )
     mapping = build_mapping(source, arch)
     check_accounting(source, mapping)
-    if source.se_scheme == "squeeze":
-        _check_se_widths(source, mapping, looks)
+    se_width = _se_width(source, mapping, arch, looks)
 
     import tensorflow as tf
 
     from model import build_model
 
     padding = "tf" if source.kind == "tf1" else "symmetric"
-    model = build_model(arch, num_classes=num_classes, padding=padding)
+    model = build_model(arch, num_classes=num_classes, padding=padding, se_width=se_width)
     variables = {w.name.split(":")[0]: w for layer in model.layers for w in layer.weights}
     if set(variables) != set(mapping):  # a bug in port_units, not the user's problem
         raise RuntimeError(f"mapping and model differ: {sorted(set(variables) ^ set(mapping))[:4]}")
@@ -123,28 +122,38 @@ def import_weights(
                 f"{name} {variable.shape.as_list()} of {arch}"
             )
         variable.assign(tf.constant(value, dtype=variable.dtype))
-    config = ModelConfig(arch=arch, num_classes=num_classes, padding=padding)
+    config = ModelConfig(arch=arch, num_classes=num_classes, padding=padding, se_width=se_width)
     path = write_checkpoint(model, config, output)
     dropped = ", last head column (never trained) dropped" if drop_last else ""
     log(f"imported {len(mapping)} tensors of {looks} ({classes} classes{dropped}) from {src}")
     log(f"ignored training state: {'; '.join(source.ignored) or 'none'}")
     log(
-        f"wrote {path} ({num_classes} classes, {padding} padding): use it as --model_dir "
+        f"wrote {path} ({num_classes} classes, {padding} padding"
+        f"{f', SE width {se_width}' if se_width else ''}): use it as --model_dir "
         "or --finetune_checkpoint"
     )
     return path
 
 
-def _check_se_widths(source: Source, mapping: dict, looks: str) -> None:
-    """NVIDIA PyTorch's SE squeezes to 16 channels everywhere; the port's reduces by 16."""
-    ARCHITECTURES = _architectures()
-    key, _ = mapping["stage4_block1_se_reduce/kernel"]
-    if source.shapes[key][0] * ARCHITECTURES["se-resnext101-32x4d"].se_ratio != 2048:
+def _se_width(source: Source, mapping: dict, arch: str, looks: str) -> int:
+    """The model's `se_width` that holds the source's SE gates: 0 when every gate has the
+    block's channels / the arch's ratio (timm, the original), else the one width all gates
+    share (NVIDIA PyTorch squeezes to 16 channels everywhere)."""
+    ratio = _architectures()[arch].se_ratio
+    gates = []  # (hidden, channels) of each SE gate
+    for name in mapping:
+        if name.endswith("_se_reduce/bias"):
+            expand = name.replace("_reduce/", "_expand/")
+            gates.append((source.shapes[mapping[name][0]][0], source.shapes[mapping[expand][0]][0]))
+    if all(hidden * ratio == channels for hidden, channels in gates):
+        return 0
+    widths = {hidden for hidden, _ in gates}
+    if len(widths) > 1:
         raise UserError(
-            f"{source.path} looks like a {looks} whose SE squeezes to {source.shapes[key][0]} "
-            "channels in every block; this port's SE reduces by 16 (up to 128 channels), "
-            "so it cannot hold these weights"
+            f"{source.path} looks like a {looks} whose SE gates differ in width from block "
+            "to block, neither the block's channels / 16 nor one width everywhere"
         )
+    return widths.pop()
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
