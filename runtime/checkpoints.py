@@ -67,6 +67,10 @@ def _read_config(directory):
         raise UserError(f"{path}: cannot read ({error.strerror}): fix its permissions") from None
 
 
+def _recorded(key, value):
+    return f"{value} padding" if key == "padding" else f"SE width {value or 'by ratio'}"
+
+
 def _restore(checkpoint, prefix, problem):
     """Restore `prefix` into `checkpoint`; a mismatch is one line: `problem`, then TF's."""
     try:
@@ -97,17 +101,13 @@ def check_compatible(directory: str, config: ModelConfig, flag: str = "--model_d
     saved = _read_config(directory)
     if saved is None:
         return
-    was, want = saved.get("padding", "tf"), config.padding
-    if was != want:
-        raise UserError(
-            f"checkpoint in {directory} has {was} padding, this model {want}: use another {flag}"
-        )
-    was, want = saved.get("se_width", 0), config.se_width
-    if was != want:
-        raise UserError(
-            f"checkpoint in {directory} has SE width {was or 'by ratio'}, this model "
-            f"{want or 'by ratio'}: use another {flag}"
-        )
+    for key, default in ModelConfig.RECORDED.items():
+        was, want = saved.get(key, default), getattr(config, key)
+        if was != want:
+            raise UserError(
+                f"checkpoint in {directory} has {_recorded(key, was)}, this model "
+                f"{_recorded(key, want)}: use another {flag}"
+            )
     for key in ("arch", "num_classes"):
         if saved.get(key) != getattr(config, key):
             raise UserError(

@@ -729,3 +729,17 @@ def test_se_gates_of_mixed_widths_are_refused_with_one_line(tmp_path, capsys):
         tmp_path / "out",
     )  # fmt: skip
     assert "SE gates differ in width from block to block" in err
+
+
+def test_a_checkpoint_of_another_padding_or_se_width_is_refused(tmp_path):
+    from utils.core.errors import UserError
+
+    saved = {"arch": "se-resnext101-32x4d", "num_classes": 10, "padding": "symmetric"}
+    (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps({**saved, "se_width": 16}))
+    config = ModelConfig(arch="se-resnext101-32x4d", num_classes=10)
+    with pytest.raises(UserError, match="has symmetric padding, this model tf padding"):
+        checkpoints.check_compatible(str(tmp_path), config)
+    config = ModelConfig(arch="se-resnext101-32x4d", num_classes=10, padding="symmetric")
+    with pytest.raises(UserError, match="has SE width 16, this model SE width by ratio"):
+        checkpoints.check_compatible(str(tmp_path), config)
+    checkpoints.check_compatible(str(tmp_path), ModelConfig(**saved, se_width=16))

@@ -18,7 +18,7 @@ from utils.core.errors import UserError
 from utils.tools.weight_names import build_mapping, check_accounting
 from utils.tools.weight_sources import (
     Source,
-    _architectures,
+    architectures,
     describe_tf1,
     describe_torch,
     open_source,
@@ -139,7 +139,7 @@ def _se_width(source: Source, mapping: dict, arch: str, looks: str) -> int:
     """The model's `se_width` that holds the source's SE gates: 0 when every gate has the
     block's channels / the arch's ratio (timm, the original), else the one width all gates
     share (NVIDIA PyTorch squeezes to 16 channels everywhere)."""
-    ratio = _architectures()[arch].se_ratio
+    ratio = architectures()[arch].se_ratio
     gates = []  # (hidden, channels) of each SE gate
     for name in mapping:
         if name.endswith("_se_reduce/bias"):
@@ -162,7 +162,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     Args:
         argv: the arguments; None: sys.argv[1:].
     """
-    ARCHITECTURES = _architectures()
+    ARCHITECTURES = architectures()
     parser = argparse.ArgumentParser(
         prog="import_weights",
         description="Import a TF1 checkpoint of the original or PyTorch weights (.pth, .pt, "

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 
 from utils.core.errors import UserError
-from utils.tools.weight_sources import Source, _architectures, _torch_block
+from utils.tools.weight_sources import Source, architectures, torch_block
 
 BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
 TORCH_BN = {
@@ -51,7 +51,7 @@ def port_units(arch: str) -> List[Unit]:
     Args:
         arch: a key of `model.resnet.ARCHITECTURES`.
     """
-    ARCHITECTURES = _architectures()
+    ARCHITECTURES = architectures()
     spec = ARCHITECTURES[arch]
     units = [Unit("stem_conv", "conv", part="stem"), Unit("stem_bn", "bn", part="stem")]
     for stage, blocks in enumerate(spec.blocks, start=1):
@@ -89,7 +89,7 @@ def _identity(w):
 
 
 def _tf1_names(unit: Unit, param: str, arch: str) -> Tuple[str, Callable]:
-    ARCHITECTURES = _architectures()
+    ARCHITECTURES = architectures()
     if unit.part == "stem":
         scope = f"{arch}/conv2d"
         return (
@@ -113,7 +113,7 @@ def _torch_names(unit: Unit, param: str, source: Source) -> Tuple[str, Callable]
     if unit.part in ("stem", "head"):
         module = {"conv": "conv1", "bn": "bn1", "dense": "fc"}[unit.kind]
     else:
-        block = _torch_block(source, unit.stage, unit.block)
+        block = torch_block(source, unit.stage, unit.block)
         if unit.kind == "dense":
             se = {"se": ("se.fc1", "se.fc2"), "squeeze": ("squeeze.squeeze", "squeeze.expand")}
             module = f"{block}.{se[source.se_scheme or 'se'][unit.part == 'se_expand']}"

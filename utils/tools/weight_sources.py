@@ -19,7 +19,7 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 TF1_TRAINING_STATE = re.compile(r"(^|/)(global_step|current_loss_scale(_\d+)?|good_steps(_\d+)?)$")
 
 
-def _architectures() -> dict:
+def architectures() -> dict:
     """`model.resnet.ARCHITECTURES`, imported late: it imports TensorFlow, whose start-up
     log level `main` sets first."""
     from model.config import ARCHITECTURES
@@ -151,7 +151,7 @@ def open_source(path: str) -> Source:
 # What the source holds: architecture and class count, from the shapes alone.
 
 
-def _torch_block(source: Source, stage: int, block: int) -> str:
+def torch_block(source: Source, stage: int, block: int) -> str:
     if source.scheme == "layers":
         return f"layers.{stage - 1}.{block - 1}"
     return f"layer{stage}.{block - 1}"
@@ -163,14 +163,14 @@ def describe_torch(source: Source) -> Tuple[Optional[str], str, int]:
     Args:
         source: an opened PyTorch source.
     """
-    ARCHITECTURES = _architectures()
+    ARCHITECTURES = architectures()
     shapes, blocks, widths, groups = source.shapes, [], [], []
     for stage in range(1, 5):
         count = 0
-        while f"{_torch_block(source, stage, count + 1)}.conv1.weight" in shapes:
+        while f"{torch_block(source, stage, count + 1)}.conv1.weight" in shapes:
             count += 1
         blocks.append(count)
-        first = _torch_block(source, stage, 1)
+        first = torch_block(source, stage, 1)
         conv2 = shapes.get(f"{first}.conv2.weight")
         widths.append(conv2[0] if conv2 else 0)
         groups.append(conv2[0] // conv2[1] if conv2 and conv2[1] else 0)
@@ -200,7 +200,7 @@ def describe_tf1(source: Source) -> Tuple[Optional[str], str, int]:
     Args:
         source: an opened TF1 source.
     """
-    ARCHITECTURES = _architectures()
+    ARCHITECTURES = architectures()
     scopes = sorted({name.split("/")[0] for name in source.shapes if "/" in name})
     arch = scopes[0] if len(scopes) == 1 and scopes[0] in ARCHITECTURES else None
     classes = source.shapes.get(f"{arch}/output/dense/bias", (0,))[0] if arch else 0
