@@ -201,7 +201,7 @@ def test_export_signature_is_the_originals(tmp_path):
 def test_se_gates_use_the_originals_initializer():
     factory = blocks.LayerFactory(weight_init="fan_out")
     x = keras.Input((4, 4, 32))
-    out = blocks.squeeze_excitation(x, factory, 16, name="se")
+    out = blocks.squeeze_excitation(x, factory, hidden=2, name="se")  # 32 channels / 16
     model = keras.Model(x, out)
     for name in ("se_reduce", "se_expand"):
         config = model.get_layer(name).kernel_initializer.get_config()

@@ -280,7 +280,7 @@ def test_resnext_grouped_convs_and_the_final_conv_head_are_quantized(float_model
 
 def test_squeeze_excitation_dense_layers_are_quantized():
     inputs = keras.Input((4, 4, 64))
-    outputs = squeeze_excitation(inputs, LayerFactory(), ratio=16, name="se")
+    outputs = squeeze_excitation(inputs, LayerFactory(), hidden=4, name="se")  # 64 / 16
     float_se = keras.Model(inputs, outputs)
     model = qat.quantize_model(float_se)
     assert [w.name for w in qat.qat_layers(model)] == ["se_reduce", "se_expand"]
