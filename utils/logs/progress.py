@@ -4,6 +4,7 @@ It draws with \\r only on an interactive terminal (`interactive`); otherwise it 
 nothing, and the logger's lines are the record of non-interactive runs.
 """
 
+import functools
 import os
 import sys
 import time
@@ -101,8 +102,13 @@ def interactive(stream=None, environ=os.environ, parent_stdout=None) -> bool:
     if not any(name in environ for name in _MPI_RANK_VARS):
         return True
     if parent_stdout is None:
-        try:
-            parent_stdout = os.readlink(f"/proc/{os.getppid()}/fd/1")
-        except OSError:  # not Linux, or another user's launcher: assume a log file
-            return False
+        parent_stdout = _launcher_stdout()
     return parent_stdout.startswith(("/dev/pts/", "/dev/tty"))
+
+
+@functools.cache  # asked at every logged line; the launcher's stdout does not change
+def _launcher_stdout() -> str:
+    try:
+        return os.readlink(f"/proc/{os.getppid()}/fd/1")
+    except OSError:  # not Linux, or another user's launcher: assume a log file
+        return ""
