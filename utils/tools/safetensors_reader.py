@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from utils.core.errors import UserError
-from utils.tools.torch_reader import bfloat16_to_float32
+from utils.tools.torch_reader import bfloat16_to_float32, itemsize
 
 DTYPES = {
     "F64": np.float64,
@@ -64,13 +64,13 @@ def _tensor(path, name, entry, data):
         raise UserError(f"{path}: tensor {name!r} has a malformed header entry") from None
     if dtype not in DTYPES:
         raise UserError(f"{path}: tensor {name!r} has dtype {dtype}, not one of {list(DTYPES)}")
-    itemsize = 2 if dtype == "BF16" else np.dtype(DTYPES[dtype]).itemsize
-    if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * itemsize:
+    kind = DTYPES[dtype]
+    if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * itemsize(kind):
         raise UserError(
             f"{path}: tensor {name!r} lies outside the file or has the wrong size: "
             "the file is truncated or damaged, download it again"
         )
     raw = memoryview(data)[begin:end]  # a view: no copy of a large file
-    if dtype == "BF16":
+    if kind == "bfloat16":
         return bfloat16_to_float32(raw).reshape(shape)
-    return np.frombuffer(raw, dtype=np.dtype(DTYPES[dtype]).newbyteorder("<")).reshape(shape)
+    return np.frombuffer(raw, dtype=np.dtype(kind).newbyteorder("<")).reshape(shape)

@@ -45,6 +45,11 @@ def bfloat16_to_float32(raw: bytes, byteorder: str = "<") -> np.ndarray:
     return (bits << 16).view(np.float32)
 
 
+def itemsize(dtype) -> int:
+    """Bytes per value of a NumPy dtype or of "bfloat16" (which NumPy lacks)."""
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+
+
 class _StorageType:
     """Stands in for a `torch.*Storage` class named in the pickle."""
 
@@ -225,7 +230,7 @@ def _load_legacy(path: str):
         if storage is None:
             raise UserError(f"{path}: storage {key} is stored but never used")
         (numel,) = struct.unpack(byteorder + "q", data[position : position + 8])
-        nbytes = numel * (2 if storage.dtype == "bfloat16" else np.dtype(storage.dtype).itemsize)
+        nbytes = numel * itemsize(storage.dtype)
         storage.raw = data[position + 8 : position + 8 + nbytes]
         position += 8 + nbytes
     return _resolve(obj)
