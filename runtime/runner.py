@@ -282,7 +282,16 @@ def _run(args, dist):
     if args.seed is not None:
         _say(dist, environment.SEED_NOTE.format(seed=args.seed))
     with dist.agree_on_errors():
-        outputs.prepare(args, dist.is_chief)  # writable outputs, model_dir lock, stale temps
+        lock = outputs.prepare(args, dist.is_chief)  # writable outputs, lock, stale temps
+    try:
+        return _run_locked(args, dist)
+    finally:
+        if lock is not None:  # also released at exit, should the run end without this
+            lock.release()
+
+
+def _run_locked(args, dist):
+    with dist.agree_on_errors():
         if not dist.devices_ready:  # tf.distribute picks them before TensorFlow starts
             _configure_devices(args, dist)
         memory.guard(args, dist, inputs.image_size(args))

@@ -48,6 +48,13 @@ def lost_records(split: str = None) -> int:
         return sum(_lost.values()) if split is None else _lost[split]
 
 
+def reset_counts() -> None:
+    """Start counting from zero, as a new process does (in-process runs of main.py)."""
+    with _lock:
+        for counts in (_skipped, _lost):
+            counts.update(dict.fromkeys(counts, 0))
+
+
 def _add(split, count, lost=False):
     with _lock:
         if lost:
