@@ -19,6 +19,9 @@ from utils.core.tf_compat import keras
 from utils.distributed import SingleProcess
 from utils.optimizers import build_optimizer
 
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("bfloat16")
+
 SIZE, CLASSES, BATCH = 32, 10, 4
 # A freshly initialised deep net with batch statistics (training=True) is chaotic: any
 # rounding difference, float32's own included, grows until the logits are unrelated (relative

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, logged_values
+from tests.support import REPO, logged_values, run_main
+
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("cross_stack")
 
 VENV_NAMES = (".venv", ".venv-classic", ".venv-current")
 FLAGS = ("--arch", "resnet50", "--num_classes", "10", "--image_size", "32", "--batch_size", "8",
@@ -59,6 +62,8 @@ def other():
 
 
 def _main(python, *argv):
+    if python == Path(sys.executable):  # this stack's runs need no process of their own
+        return run_main(*argv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     # Set in this process by utils.core.tf_compat on current; the classic venv (no
     # tf_keras) cannot import Keras with it, and each stack's main.py sets its own.

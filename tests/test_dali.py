@@ -20,6 +20,9 @@ from utils import dali_utils, data_utils
 from utils.core.errors import UserError
 from utils.tools import dali_index
 
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("dali")
+
 pytest.importorskip("nvidia.dali.plugin.tf")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

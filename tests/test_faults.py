@@ -28,6 +28,9 @@ from utils.core.errors import UserError
 from utils.core.tf_compat import keras
 from utils.distributed import SingleProcess
 
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("faults")
+
 SMALL = ["--arch", "resnet50", "--synthetic_data_size", "32", "--num_classes", "10"]
 TRAIN = [*SMALL, "--mode", "train", "--batch_size", "2", "--iter_unit", "batch"]
 CONFIG = ModelConfig(arch="resnet50", num_classes=10)

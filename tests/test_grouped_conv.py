@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from model.layers import grouped_conv as gc
 from model.layers.grouped_conv import GroupedConv2D, grouped_conv2d
-from utils.core import tf_compat
+from utils.core import cpu_features, tf_compat
 from utils.core.tf_compat import keras
 
 NATIVE_GRADS = gc.native_grads_supported("float32")
@@ -155,10 +155,13 @@ def _counting(fn):
 
 
 def test_native_grads_probe():
-    # TensorFlow 2.15's own (non-oneDNN) CPU kernels have no grouped gradient for float16;
-    # 2.21's compute it (the probe checks the values against per-group ops).
+    # TensorFlow's own (non-oneDNN) CPU kernels have no grouped gradient for float16;
+    # 2.21's oneDNN computes it on CPUs with float16 instructions (seen on an Intel Xeon
+    # with avx512_fp16; an AMD EPYC Zen 4 without them gets TensorFlow's own kernel). The
+    # probe checks the values against per-group ops.
     tf_version = tuple(int(part) for part in tf.__version__.split(".")[:2])
-    assert gc.native_grads_supported("float16") is (tf_version >= (2, 21))
+    fp16_cpu = bool(cpu_features.cpu_flags() & {"avx512_fp16", "amx_fp16"})
+    assert gc.native_grads_supported("float16") is (tf_version >= (2, 21) and fp16_cpu)
     # oneDNN is on by default in TensorFlow's x86 Linux wheels and computes them.
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
     assert gc.native_grads_supported("float32") is onednn

@@ -26,6 +26,9 @@ import pytest
 
 from tests.support import logged, read_log
 
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("horovod")
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SMALL = ["--image_size", "32", "--num_classes", "10"]

@@ -9,6 +9,7 @@ must agree to 1e-4 of the largest reference logit (float32 model vs float64 refe
 import csv
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from model.resnet import IMAGENET_MEAN, IMAGENET_STD
 from runtime import checkpoints
 from tests.support import REPO, run_main
 from utils.tools import import_weights, torch_reader
-from utils.tools.sample_data import ensure_sample_data
+
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("import_weights")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOL = 1e-4
@@ -374,7 +377,14 @@ def to_bfloat16(sd):
 
 
 def import_cli(*argv):
-    return import_weights.main([str(a) for a in argv])
+    """The importer's command line in this process; the environment variable its main()
+    sets for the process (TF_CPP_MIN_LOG_LEVEL) is put back."""
+    environ = dict(os.environ)
+    try:
+        return import_weights.main([str(a) for a in argv])
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def imported_logits(directory, images):
@@ -631,13 +641,15 @@ def ten_class_import(tmp_path_factory):
     return sd, root / "imported"
 
 
-def test_evaluate_and_predict_run_on_an_imported_checkpoint(ten_class_import, tmp_path):
+def test_evaluate_and_predict_run_on_an_imported_checkpoint(
+    ten_class_import, sample_data, tmp_path
+):
     from runtime.predict import load_image
 
     sd, model_dir = ten_class_import
     common = ["--arch", "resnet50", "--num_classes", "10", "--model_dir", model_dir,
               "--image_size", "64", "--batch_size", "4"]  # fmt: skip
-    proc = run_main("--mode", "evaluate", "--data_dir", ensure_sample_data(),
+    proc = run_main("--mode", "evaluate", "--data_dir", sample_data,
                     "--results_dir", tmp_path / "eval", *common)  # fmt: skip
     assert "evaluating" in proc.stdout
 
@@ -658,11 +670,13 @@ def test_evaluate_and_predict_run_on_an_imported_checkpoint(ten_class_import, tm
     assert [got[p.name] for p in files] == want.tolist()
 
 
-def test_finetune_from_an_imported_checkpoint_with_a_new_head(ten_class_import, tmp_path):
+def test_finetune_from_an_imported_checkpoint_with_a_new_head(
+    ten_class_import, sample_data, tmp_path
+):
     _, model_dir = ten_class_import
     tuned = tmp_path / "tuned"
     proc = run_main(
-        "--arch", "resnet50", "--mode", "train", "--data_dir", ensure_sample_data(),
+        "--arch", "resnet50", "--mode", "train", "--data_dir", sample_data,
         "--batch_size", "4", "--num_iter", "1", "--iter_unit", "batch", "--image_size", "32",
         "--num_classes", "12", "--results_dir", tuned, "--finetune_checkpoint", model_dir,
     )  # fmt: skip

@@ -25,13 +25,13 @@ def _trainable_count(model):
 
 
 @pytest.mark.parametrize(("arch", "classes"), sorted(PARAMS))
-def test_trainable_parameter_counts(arch, classes):
-    model = build_model(arch, num_classes=classes)
+def test_trainable_parameter_counts(arch, classes, built_model):
+    model = built_model(arch, num_classes=classes)
     assert _trainable_count(model) == PARAMS[(arch, classes)]
 
 
-def test_resnext_structure_and_layer_names():
-    model = build_model("resnext101-32x4d")
+def test_resnext_structure_and_layer_names(built_model):
+    model = built_model("resnext101-32x4d", num_classes=1000)
     names = [layer.name for layer in model.layers]
     grouped = [layer for layer in model.layers if isinstance(layer, GroupedConv2D)]
     assert len(grouped) == sum(ARCHITECTURES["resnext101-32x4d"].blocks) == 33
@@ -49,8 +49,8 @@ def test_resnext_structure_and_layer_names():
     assert model.get_layer("logits_dense").kernel.shape == (2048, 1000)
 
 
-def test_batch_norm_settings_and_bias_free_convs():
-    model = build_model("resnet50")
+def test_batch_norm_settings_and_bias_free_convs(built_model):
+    model = built_model("resnet50", num_classes=1000)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
     # The block's last BN starts at gamma = 1 (not zero-initialised).
@@ -59,8 +59,8 @@ def test_batch_norm_settings_and_bias_free_convs():
     assert convs and not any(conv.use_bias for conv in convs)
 
 
-def test_se_gate_has_ratio_16_and_biases():
-    model = build_model("se-resnext101-32x4d")
+def test_se_gate_has_ratio_16_and_biases(built_model):
+    model = built_model("se-resnext101-32x4d", num_classes=1000)
     reduce = model.get_layer("stage3_block5_se_reduce")
     expand = model.get_layer("stage3_block5_se_expand")
     assert reduce.kernel.shape == (1024, 64) and reduce.bias.shape == (64,)
@@ -79,8 +79,8 @@ def test_weight_init_uses_variance_scaling_with_the_chosen_fan(mode):
     assert grouped.kernel.numpy().std() == pytest.approx(np.sqrt(2.0 / fan), rel=0.05)
 
 
-def test_input_is_normalised_inside_the_model():
-    model = build_model("resnet50")
+def test_input_is_normalised_inside_the_model(built_model):
+    model = built_model("resnet50", num_classes=1000)
     normalize = keras.Model(model.input, model.get_layer("normalize").output)
     mean_image = np.broadcast_to(np.array(IMAGENET_MEAN, np.float32), (1, 8, 8, 3))
     np.testing.assert_allclose(normalize(mean_image).numpy(), 0.0, atol=1e-5)

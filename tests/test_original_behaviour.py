@@ -79,12 +79,8 @@ def test_batch_unit_schedule_follows_the_original(sample_data):
 
 
 # 3, 4, 10. evaluate / inference_benchmark: one path, --num_iter batches, original keys.
-def test_evaluate_and_inference_benchmark_run_num_iter_batches(sample_data, tmp_path):
-    model_dir = tmp_path / "model"
-    run_main(
-        "--arch", "resnet50", "--mode", "train", "--data_dir", sample_data, "--batch_size",
-        "8", "--num_iter", "1", "--iter_unit", "batch", "--results_dir", str(model_dir), *SMALL,
-    )  # fmt: skip
+def test_evaluate_and_inference_benchmark_run_num_iter_batches(sample_data, trained_run, tmp_path):
+    model_dir = trained_run["results"]  # the shared run of tests/conftest.py
     common = ["--arch", "resnet50", "--data_dir", sample_data, "--model_dir", str(model_dir)]
     # 20 batches of 16 are more than the 200 validation images: the data repeats.
     run_main(

@@ -27,6 +27,8 @@ def run_main(monkeypatch, mode):
     returns main's exit code and the variable's value when the runner started (None: unset,
     or the runner did not start)."""
     seen = [None]
+    # main() sets TF_CPP_MIN_LOG_LEVEL unless it is set: set it here, so the teardown undoes it.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", main.os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
     stub = types.ModuleType("runtime.runner")
     stub.run = lambda args: seen.append(main.os.environ.get(VAR)) or 0
     monkeypatch.setitem(sys.modules, "runtime.runner", stub)

@@ -3,13 +3,11 @@ model, evaluating and exporting it, refusing float/QAT mix-ups, AMP with QDQ ops
 32 px, 10 classes)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import main
 from model import ModelConfig, build, build_model
 from model import quantization as qat
 from model.weights import copy_float_weights
@@ -20,6 +18,9 @@ from utils import data_utils
 from utils.cmdline_helper import parse_cmdline
 from utils.core.tf_compat import keras
 
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("qat_runtime")
+
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]
 QAT_EPOCHS = 2
 
@@ -29,36 +30,21 @@ def checkpoint_value(model_dir, name):
     return int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
-def main_in_process(argv, capsys):
-    """main.main(argv): (exit code, the stderr lines starting with `main.py: error:`).
-
-    For runs that end before the model's first call. main() sets per-mode environment
-    variables (utils/core/perf_env.py); they are undone so later runs do not inherit them.
-    """
-    environ = dict(os.environ)
-    try:
-        code = main.main([*argv, *SMALL])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, [line for line in err.splitlines() if line.startswith("main.py: error:")]
+def main_in_process(argv):
+    """main.py's main(argv) in this process: (exit code, the stderr lines starting with
+    `main.py: error:`)."""
+    proc = run_main(*argv, *SMALL, check=False)
+    assert "Traceback" not in proc.stderr
+    return proc.returncode, [
+        line for line in proc.stderr.splitlines() if line.startswith("main.py: error:")
+    ]
 
 
 @pytest.fixture(scope="module")
-def float_run(sample_data, tmp_path_factory):
-    """A float resnet50 trained on the sample data (as test_runtime's): its dir and top-1."""
-    results = tmp_path_factory.mktemp("float")
-    run_main(
-        "--arch", "resnet50", "--mode", "train_and_evaluate", "--data_dir", sample_data,
-        "--batch_size", "16", "--num_iter", "4", "--lr_init", "0.1", "--lr_warmup_epochs",
-        "1", "--cosine_lr", "--label_smoothing", "0.1", "--weight_init", "fan_in",
-        "--display_every", "37", "--seed", "1", "--results_dir", str(results), *SMALL,
-    )  # fmt: skip
-    return results, logged(results, "top1_accuracy")[-1]
+def float_run(trained_run):
+    """A float resnet50 trained on the sample data (the shared run of tests/conftest.py,
+    as test_runtime's): its dir and top-1."""
+    return trained_run["results"], trained_run["top1"]
 
 
 QAT_FLAGS = ["--arch", "resnet50", "--quantize", *SMALL]
@@ -144,7 +130,7 @@ def test_the_exported_qat_model_holds_fake_quant_ops_and_reproduces_predictions(
     assert float(qat.qat_layers(model)[0].input_range()[1]) != qat.INIT_RANGE
 
 
-def test_float_and_qat_checkpoints_are_not_mixed_up(sample_data, float_run, qat_run, capsys):
+def test_float_and_qat_checkpoints_are_not_mixed_up(sample_data, float_run, qat_run):
     float_dir, qat_dir = float_run[0], qat_run[0]
     common = ["--data_dir", sample_data, "--batch_size", "4", "--results_dir"]
     cases = [
@@ -162,7 +148,7 @@ def test_float_and_qat_checkpoints_are_not_mixed_up(sample_data, float_run, qat_
     ]
     latest = [tf.train.latest_checkpoint(str(d)) for d in (float_dir, qat_dir)]
     for argv, words in cases:
-        code, lines = main_in_process([*common, str(qat_dir / "refused"), *argv], capsys)
+        code, lines = main_in_process([*common, str(qat_dir / "refused"), *argv])
         assert code == 1 and len(lines) == 1 and words in lines[0], (argv, lines)
     assert [tf.train.latest_checkpoint(str(d)) for d in (float_dir, qat_dir)] == latest
 
@@ -178,8 +164,8 @@ def test_float_and_qat_checkpoints_are_not_mixed_up(sample_data, float_run, qat_
         ),
     ],
 )
-def test_quantization_flags_without_their_purpose_exit_2(argv, flag, capsys):
-    code, lines = main_in_process(["--batch_size", "4", *argv], capsys)
+def test_quantization_flags_without_their_purpose_exit_2(argv, flag):
+    code, lines = main_in_process(["--batch_size", "4", *argv])
     assert code == 2 and len(lines) == 1 and flag in lines[0], lines
 
 

@@ -17,7 +17,9 @@ from utils import data_utils
 from utils.core.tf_compat import keras
 from utils.losses import cross_entropy
 from utils.optimizers import MomentumSGD
-from utils.tools.sample_data import ensure_sample_data
+
+# Its module-scoped fixtures are built once: pytest-xdist runs the whole file on one worker.
+pytestmark = pytest.mark.xdist_group("quantization")
 
 SIZE, CLASSES, BATCH = 32, 10, 4
 
@@ -64,14 +66,12 @@ def float_model():
 
 
 @pytest.fixture(scope="module")
-def trained(float_model):
+def trained(float_model, sample_data):
     """Asymmetric fake-quant QAT resnet50, delay 2, after 4 SGD steps on the sample data."""
     model = qat.quantize_model(float_model, quant_delay=2)
     optimizer = MomentumSGD(learning_rate=0.01, momentum=0.9)
     step = make_train_step(model, optimizer)
-    dataset = data_utils.train_dataset(
-        ensure_sample_data(), BATCH, SIZE, seed=0, num_classes=CLASSES
-    )
+    dataset = data_utils.train_dataset(sample_data, BATCH, SIZE, seed=0, num_classes=CLASSES)
     losses = [float(step(x, y)) for x, y in dataset.take(4)]
     return model, optimizer, losses
 

@@ -18,16 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image_size", "32", "--synthetic_data_size", "32", "--num_classes", "10"]
 
 
-def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, tmp_path):
-    results = tmp_path / "results"
-    export = tmp_path / "export"
-    run_main(
-        "--arch", "resnet50", "--mode", "train_and_evaluate", "--data_dir", sample_data,
-        "--batch_size", "16", "--num_iter", "4", "--iter_unit", "epoch", "--lr_init", "0.1",
-        "--lr_warmup_epochs", "1", "--cosine_lr", "--label_smoothing", "0.1",
-        "--weight_init", "fan_in", "--display_every", "5", "--seed", "1",
-        "--results_dir", str(results), "--export_dir", str(export), *SMALL,
-    )  # fmt: skip
+def test_train_and_evaluate_learns_the_sample_data_and_exports(sample_data, trained_run, tmp_path):
+    # The shared run (tests/conftest.py: resnet50, 4 epochs at 32 px, --export_dir).
+    results, export = trained_run["results"], trained_run["export"]
     records = read_log(results)
     ce = logged(records, "cross_entropy")
     assert len(ce) >= 20
@@ -220,7 +213,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, sample_data):
     for argv, word in cases:
         proc = run_main(
             "--batch_size", "4", "--results_dir", str(tmp_path / "results"), *argv, *SMALL,
-            check=False, timeout=300,
+            check=False,
         )  # fmt: skip
         assert proc.returncode == 1, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.startswith("main.py: error:")]
@@ -228,12 +221,10 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, sample_data):
         assert "Traceback" not in proc.stderr
 
 
-def test_checkpoints_of_another_arch_are_refused_and_finetune_swaps_the_head(sample_data, tmp_path):
-    source = tmp_path / "source"
-    run_main(
-        "--arch", "resnet50", "--mode", "train", "--data_dir", sample_data, "--batch_size", "4",
-        "--num_iter", "2", "--iter_unit", "batch", "--results_dir", str(source), *SMALL,
-    )  # fmt: skip
+def test_checkpoints_of_another_arch_are_refused_and_finetune_swaps_the_head(
+    sample_data, trained_run, tmp_path
+):
+    source = trained_run["results"]  # resnet50, 10 classes (the shared run)
     proc = run_main(
         "--arch", "resnext101-32x4d", "--mode", "evaluate", "--data_dir", sample_data,
         "--batch_size", "4", "--model_dir", str(source), "--results_dir", str(tmp_path / "e"),

@@ -149,3 +149,67 @@ def test_legacy_keras_switch_on_the_current_stack(variable):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[1].startswith("2."), proc.stdout
+
+
+def _fake_interpreter(path, reports):
+    """An executable at `path` that answers choose_stack's version probe with `reports`
+    ("3 13"), or fails like a pyenv shim of an unselected version (reports=None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = f"echo {reports}" if reports else 'echo "pyenv: $0: command not found" >&2; exit 127'
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_make_test_finds_the_newest_python_of_each_stack(tmp_path, monkeypatch):
+    bin_dir, pyenv = tmp_path / "bin", tmp_path / "pyenv"
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PYENV_ROOT", str(pyenv))
+    host = "/usr/bin/python3.11"
+    # Only a shim on PATH that does not run, and pyenv's 3.12.1 and 3.12.9: 3.12.9 it is.
+    _fake_interpreter(bin_dir / "python3.13", None)
+    _fake_interpreter(pyenv / "versions" / "3.12.1" / "bin" / "python3", "3 12")
+    newest = _fake_interpreter(pyenv / "versions" / "3.12.9" / "bin" / "python3", "3 12")
+    python, said = choose_stack.find_python("current", host, (3, 11))
+    assert python == newest and said == f"current stack: Python 3.12 ({newest})"
+    # A working python3.13 on PATH wins.
+    on_path = _fake_interpreter(bin_dir / "python3.13", "3 13")
+    assert choose_stack.find_python("current", host, (3, 11))[0] == on_path
+    # The classic stack stays on a 3.11 host's own Python.
+    assert choose_stack.find_python("classic", host, (3, 11)) == (
+        host,
+        f"classic stack: the host's Python 3.11 ({host})",
+    )
+    # Nothing newer: the host's Python, and the line says so.
+    (bin_dir / "python3.13").unlink()
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "none"))
+    python, said = choose_stack.find_python("current", host, (3, 11))
+    assert python == host and said.endswith("no newer Python 3.12-3.13 was found")
+    # A 3.13 host has no classic Python of its own: pyenv's 3.11, else a one-line error.
+    monkeypatch.setenv("PYENV_ROOT", str(pyenv))
+    old = _fake_interpreter(pyenv / "versions" / "3.11.7" / "bin" / "python3", "3 11")
+    assert choose_stack.find_python("classic", "/usr/bin/python3.13", (3, 13))[0] == old
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="the classic stack needs Python 3.9-3.11: none found"):
+        choose_stack.find_python("classic", "/usr/bin/python3.13", (3, 13))
+
+
+def test_find_python_prints_stack_venv_and_interpreter():
+    proc = _chooser("--find-python", stack="current")
+    assert proc.returncode == 0, proc.stderr
+    stack, venv, python = proc.stdout.split()
+    assert stack == "current" and Path(python).exists()
+    assert proc.stderr.startswith("current stack: ") and proc.stderr.count("\n") == 1
+    assert venv == choose_stack.choose(sys.version_info[:2], "current")[1]
+
+
+def test_setup_leaves_a_venv_of_another_python_it_did_not_make(tmp_path):
+    venv = tmp_path / "venv"
+    _fake_interpreter(venv / "bin" / "python", "3 9")  # prints "3 9" as its version too
+    (venv / "mine.txt").write_text("user file")
+    env = {**os.environ, "STACK": "", "VENV": str(venv), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1, proc.stderr
+    version = sys.version.split()[0]
+    assert f"holds a Python other than {version} and was not made by this script" in proc.stderr
+    assert (venv / "mine.txt").read_text() == "user file"
