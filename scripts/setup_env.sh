@@ -25,15 +25,28 @@ if [[ $stack != classic ]]; then
 fi
 
 tf_extra="${TF_EXTRA-$(cat "$venv/.tf-extra" 2>/dev/null || true)}"
+version() { "$1" -c 'import sys; print(sys.version.split()[0])'; }
+python_version=$(version "$python")
 want=$({
   cat "$requirements" "$repo/requirements-dev.txt" "${BASH_SOURCE[0]}" "$repo/scripts/choose_stack.py"
-  printf '%s' "$tf_extra"
+  printf '%s %s' "$tf_extra" "$python_version"
 } | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+# A venv of another Python (make test picks the newest one for each stack) is made anew
+# if this script made it (its stamp is there); anything else in the way is left alone.
+if [[ -x "$venv/bin/python" && "$(version "$venv/bin/python" 2>/dev/null)" != "$python_version" ]]; then
+  if [[ ! -f "$stamp" ]]; then
+    log "$venv holds a Python other than $python_version and was not made by this script: move it away, or set VENV"
+    exit 1
+  fi
+  log "re-creating $venv with Python $python_version (it held $(version "$venv/bin/python" 2>/dev/null || echo another))"
+  "$python" -m venv --clear "$venv"
+fi
 
 pin() {  # pin NAME -> the NAME==VERSION line of the stack's requirements file
   grep -E "^$1==" "$requirements"
