@@ -1,14 +1,9 @@
 """The command line keeps the original's flags, defaults and aliases, and rejects nonsense."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.support import run_main_process
 from utils.cmdline_helper import build_parser, parse_cmdline
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Every flag of the original's usage text (README "The main.py script"), with a value.
 ORIGINAL_FLAGS = {
@@ -175,13 +170,7 @@ BAD_COMMAND_LINES = [
 
 @pytest.mark.parametrize(("argv", "flag"), BAD_COMMAND_LINES)
 def test_bad_command_lines_exit_2_with_one_line_naming_the_flag(argv, flag):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    proc = run_main_process(*argv, timeout=120, check=False)  # a fresh interpreter's exit 2
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
