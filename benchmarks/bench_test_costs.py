@@ -17,26 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.bench_models import _median_time
+from benchmarks.bench_scaling import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["--arch", "resnet50", "--mode", "training_benchmark", "--batch_size", "4",
        "--num_iter", "4", "--warmup_steps", "1", "--iter_unit", "batch", "--image_size", "32",
        "--synthetic_data_size", "32", "--num_classes", "10"]  # fmt: skip
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _median_time(fn, warmup=0, repeats=repeats)
 
 
 def _process(argv) -> None:
